@@ -1,0 +1,51 @@
+"""First-order local training (SGD or Adam on autograd gradients).
+
+FedProx (Li et al., MLSys 2020, arXiv 1812.06127): when the plan carries
+``proximal_mu > 0`` the client minimises CE + mu/2 * ||w - w_global||^2, with
+w_global the weights received this round (Flower's FedProx client contract).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clients.base import FitPlan, FitStats, measured
+from fedapp.task.data import Arrays
+from fedapp.task.metering import Meter
+from fedapp.task.models import SplitModel
+
+
+def make_optimizer(params: list[torch.nn.Parameter], plan: FitPlan) -> torch.optim.Optimizer:
+    if plan.optimizer == "adam":
+        return torch.optim.Adam(params, lr=plan.lr, weight_decay=plan.weight_decay)
+    return torch.optim.SGD(
+        params, lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay
+    )
+
+
+class FirstOrderTrainer:
+    """Backpropagation: one forward and one backward pass per minibatch."""
+
+    def fit(self, model: SplitModel, data: Arrays, plan: FitPlan, device: torch.device) -> FitStats:
+        model.to(device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params] if plan.proximal_mu > 0 else []
+        optimizer = make_optimizer(params, plan)
+        meter = Meter(device)
+
+        def step(x: Tensor, y: Tensor) -> float:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            value = float(loss.detach())
+            if anchor:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                loss = loss + 0.5 * plan.proximal_mu * prox
+            loss.backward()
+            optimizer.step()
+            meter.forward_passes += 1
+            meter.backward_passes += 1
+            return value
+
+        return measured(data, plan, device, step, meter)

@@ -1,0 +1,1 @@
+"""fedzg: federated learning without sharing data, weights or gradients, on Flower."""

