@@ -102,7 +102,7 @@ def match_dtypes(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
         values, target = arrays[key].numpy(), ref.numpy().dtype
         if values.dtype != target:
             values = (np.rint(values) if target.kind in "iu" else values).astype(target)
-        out[key] = Array(values)
+        out[key] = Array(np.asarray(values))
     return ArrayRecord(out)
 
 

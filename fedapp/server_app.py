@@ -28,10 +28,10 @@ from strategies import Screened, build_strategy
 app = ServerApp()
 
 
-def _fail(message: str) -> None:
-    """Stop the run with one readable line (Flower marks the run failed)."""
-    log(ERROR, "%s", message)
-    sys.exit(message)
+def _fail(error: Exception) -> None:
+    """Stop the run: log one readable line, then raise so Flower marks the run failed."""
+    log(ERROR, "fedzg: %s", error)
+    raise error
 
 
 def _config_record(cfg: AppConfig) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = load_config(context.run_config)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(exc)
         return
     random.seed(derive_seed(cfg.seed, PURPOSE_SAMPLING))  # Flower samples nodes with `random`
     out = run_dir(cfg.output_dir, cfg.run_name)
@@ -126,7 +126,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         _, spec = load_server_test(cfg.data, cfg.seed)
     except DataError as exc:
-        _fail(f"data: {exc}")
+        _fail(exc)
         return
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     strategy = build_strategy(cfg)
