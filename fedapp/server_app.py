@@ -106,6 +106,7 @@ class RoundRecorder:
                 "round": server_round,
                 "model": self.cfg.model.name,
                 "state_dict": arrays.to_torch_state_dict(),
+                "strategy": self.strategy.state_dict(),
             },
             buf,
         )

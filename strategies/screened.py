@@ -50,6 +50,10 @@ class Screened:
         self.label_counts = {}
         self.rejected_total = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state saved with every checkpoint (generators, optimisers, ...)."""
+        return {}
+
     def close_round(self) -> RoundLedger:
         """Hand out this round's tallies and start a fresh ledger."""
         done, self.ledger = self.ledger, RoundLedger()
