@@ -10,6 +10,7 @@ received, and the per-round tallies are handed out by :meth:`close_round`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from logging import INFO, WARNING
@@ -32,9 +33,12 @@ class RoundLedger:
     clients: int = 0  # train replies aggregated
     failed: int = 0  # error replies and replies that never came
     rejected: int = 0  # replies that failed screening
+    train_phase_s: float = 0.0  # from sending train messages to having all replies
+    evaluate_phase_s: float = 0.0  # the same for client-side evaluation
 
-    def as_row(self) -> dict[str, int]:
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+    def as_row(self) -> dict[str, float]:
+        row = {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
 class Screened:
@@ -113,11 +117,13 @@ class Screened:
         )
         self.ledger.sampled = len(messages)
         self._train_sent = len(messages)
+        self._phase_start = time.perf_counter()
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.ledger.train_phase_s += time.perf_counter() - self._phase_start
         accepted = self._screen(
             replies, self._train_sent, lambda c: records.screen_train_reply(c, self._reference)
         )
@@ -135,10 +141,12 @@ class Screened:
             super().configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid)  # type: ignore[misc]
         )
         self._eval_sent = len(messages)
+        self._phase_start = time.perf_counter()
         return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        self.ledger.evaluate_phase_s += time.perf_counter() - self._phase_start
         accepted = self._screen(replies, self._eval_sent, records.screen_eval_reply)
         return super().aggregate_evaluate(server_round, accepted)  # type: ignore[misc]

@@ -1,0 +1,140 @@
+"""Flower overhead: one round of the default experiment in Ray simulation vs a plain loop.
+
+Both sides do the same work per round: every client trains the FedGen MNIST CNN
+on its partition (the first-order trainer of ``clients.fo``, same plan and data
+order), evaluates on its local test split, the server averages the weights
+(weighted by examples) and evaluates on the global test set. The Flower side is
+the real ``flwr run`` CLI (10 simulated SuperNodes, 1 CPU each, 2 Ray actors);
+its per-round time is the ``wall-s`` column of ``metrics.jsonl``. Round 1 holds
+Ray's actor start-up and is reported apart; the steady-state rounds 2..R give
+the median. The plain loop runs the clients one after another in one process
+with ``torch.set_num_threads(threads)``.
+
+Usage::
+
+    python -m bench.overhead --repeats 3 --rounds 6 --out bench/results/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.flwr_cli import ROOT, FlwrCli
+from clients.base import FitPlan
+from clients.fo import FirstOrderTrainer
+from fedapp.config import AppConfig, load_config
+from fedapp.results import atomic_write_json, read_rounds
+from fedapp.task.data import load_client_data, load_server_test
+from fedapp.task.evaluate import evaluate
+from fedapp.task.models import build_model
+from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
+
+
+def default_config(**overrides: object) -> AppConfig:
+    import tomllib
+
+    def flatten(t: dict, p: str = "") -> dict:
+        out: dict = {}
+        for k, v in t.items():
+            out.update(flatten(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v})
+        return out
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        flat = flatten(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+    return load_config({**flat, **overrides})
+
+
+def plain_rounds(cfg: AppConfig, num_clients: int, rounds: int, threads: int) -> list[float]:
+    """Seconds per round of the same federated work without Flower."""
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    test, spec = load_server_test(cfg.data, cfg.seed)
+    parts = [load_client_data(cfg.data, cfg.seed, i, num_clients) for i in range(num_clients)]
+    model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    times = []
+    for rnd in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        states, weights = [], []
+        for pid, data in enumerate(parts):
+            local = build_model(cfg.model.name, spec)
+            local.load_state_dict(global_state)
+            c = cfg.client
+            plan = FitPlan(rnd, c.lr * c.lr_decay ** (rnd - 1), c.local_epochs, c.local_steps,
+                           c.batch_size, c.optimizer, c.momentum, c.weight_decay, 0.0,
+                           derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid))
+            stats = FirstOrderTrainer().fit(local, data.train, plan, device)
+            states.append(local.state_dict())
+            weights.append(stats.num_examples)
+        total = sum(weights)
+        global_state = {
+            k: sum(s[k].double() * (w / total) for s, w in zip(states, weights)).to(v.dtype)
+            for k, v in global_state.items()
+        }
+        model.load_state_dict(global_state)
+        for data in parts:
+            evaluate(model, data.test, cfg.server.eval_batch_size, device)
+        evaluate(model, test, cfg.server.eval_batch_size, device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def flower_rounds(cli: FlwrCli, out: Path, num_clients: int, rounds: int, repeat: int) -> list[float]:
+    run_name = f"overhead-{repeat}"
+    entry, log = cli.run(
+        f'output-dir="{out}" run-name="{run_name}" num-server-rounds={rounds}',
+        f"num-supernodes={num_clients} client-resources-num-cpus=1",
+    )
+    if entry["status"] != "finished:completed":
+        raise RuntimeError(f"flwr run failed: {entry['status-details']}\n{log[-2000:]}")
+    return [r["wall-s"] for r in read_rounds(out / run_name) if r["round"] >= 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the plain loop (clients use client.num-threads = 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    args = parser.parse_args()
+
+    cfg = default_config()
+    flower_steady, flower_first, plain = [], [], []
+    with tempfile.TemporaryDirectory() as tmp, FlwrCli() as cli:
+        for repeat in range(args.repeats):  # interleaved, so load drifts hit both sides
+            rounds = flower_rounds(cli, Path(tmp), args.clients, args.rounds, repeat)
+            flower_first.append(rounds[0])
+            flower_steady += rounds[1:]
+            plain += plain_rounds(cfg, args.clients, args.rounds, args.threads)[1:]
+    f_med, p_med = statistics.median(flower_steady), statistics.median(plain)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "torch-threads-plain": args.threads,
+                    "load-avg-1m": os.getloadavg()[0]},
+        "setup": {"clients": args.clients, "rounds": args.rounds, "repeats": args.repeats,
+                  "model": cfg.model.name, "dataset": cfg.data.dataset},
+        "flower-round-s": {"median": f_med, "all": flower_steady},
+        "flower-first-round-s": {"median": statistics.median(flower_first), "all": flower_first},
+        "plain-round-s": {"median": p_med, "all": plain},
+        "ratio-flower-over-plain": f_med / p_med,
+        "flower-p90-round-s": float(np.percentile(flower_steady, 90)),
+    }
+    atomic_write_json(args.out, result)
+    print(f"{'':28s}{'median s/round':>16s}{'n':>6s}")
+    print(f"{'Flower (Ray simulation)':28s}{f_med:16.3f}{len(flower_steady):6d}")
+    print(f"{'plain PyTorch loop':28s}{p_med:16.3f}{len(plain):6d}")
+    print(f"{'Flower first round (cold)':28s}{statistics.median(flower_first):16.3f}{len(flower_first):6d}")
+    print(f"ratio Flower / plain = {f_med / p_med:.2f}   (written to {args.out})")
+
+
+if __name__ == "__main__":
+    main()
