@@ -215,6 +215,7 @@ def _hub_call(cfg: DataConfig, fn: Callable[[], Arrays]) -> Arrays:
 
 def _shuffled_pool(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays]:
     """Offline or ``local`` pool, shuffled, split into (train pool, global test)."""
+    _set_offline_switches()  # nothing on this path may wait on the network
     if cfg.dataset in OFFLINE:
         pool = OFFLINE[cfg.dataset]()
     elif cfg.path:
