@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fedapp.task.data import Arrays, batches
@@ -64,11 +65,28 @@ class FitStats:
 #: One minibatch step: (x (B, C, H, W), y (B,)) -> the minibatch loss before the update.
 StepFn = Callable[[Tensor, Tensor], float]
 
+#: The local objective: (model, x (B, C, H, W), y (B,)) -> scalar loss tensor. Trainers
+#: minimise whatever they are given (plain CE, or CE plus a strategy's regulariser such
+#: as FedGen's), first-order by autograd or zeroth-order from forwards alone.
+LossFn = Callable[[SplitModel, Tensor, Tensor], Tensor]
+
+
+def cross_entropy_loss(model: SplitModel, x: Tensor, y: Tensor) -> Tensor:
+    """The plain local objective: mean cross-entropy of ``model(x)`` (B, C) against ``y``."""
+    return F.cross_entropy(model(x), y)
+
 
 class Trainer(Protocol):
     """A local-update rule; registered in :data:`clients.TRAINERS`."""
 
-    def fit(self, model: SplitModel, data: Arrays, plan: FitPlan, device: torch.device) -> FitStats:
+    def fit(
+        self,
+        model: SplitModel,
+        data: Arrays,
+        plan: FitPlan,
+        device: torch.device,
+        loss_fn: LossFn = cross_entropy_loss,
+    ) -> FitStats:
         ...
 
 

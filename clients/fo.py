@@ -8,10 +8,9 @@ w_global the weights received this round (Flower's FedProx client contract).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from clients.base import FitPlan, FitStats, measured
+from clients.base import FitPlan, FitStats, LossFn, cross_entropy_loss, measured
 from fedapp.task.data import Arrays
 from fedapp.task.metering import Meter
 from fedapp.task.models import SplitModel
@@ -28,7 +27,14 @@ def make_optimizer(params: list[torch.nn.Parameter], plan: FitPlan) -> torch.opt
 class FirstOrderTrainer:
     """Backpropagation: one forward and one backward pass per minibatch."""
 
-    def fit(self, model: SplitModel, data: Arrays, plan: FitPlan, device: torch.device) -> FitStats:
+    def fit(
+        self,
+        model: SplitModel,
+        data: Arrays,
+        plan: FitPlan,
+        device: torch.device,
+        loss_fn: LossFn = cross_entropy_loss,
+    ) -> FitStats:
         model.to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params] if plan.proximal_mu > 0 else []
@@ -37,7 +43,7 @@ class FirstOrderTrainer:
 
         def step(x: Tensor, y: Tensor) -> float:
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model, x, y)
             value = float(loss.detach())
             if anchor:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
