@@ -23,7 +23,7 @@ from fedapp.task.data import DataError, load_server_test
 from fedapp.task.evaluate import evaluate, resolve_device
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_SAMPLING, derive_seed
-from strategies import Screened, build_strategy
+from strategies import Accounting, build_strategy
 
 app = ServerApp()
 
@@ -59,7 +59,7 @@ class RoundRecorder:
     """The ``evaluate_fn`` Flower calls after every round: evaluate, record, checkpoint."""
 
     def __init__(
-        self, cfg: AppConfig, strategy: Screened, writer: ResultsWriter, model: torch.nn.Module
+        self, cfg: AppConfig, strategy: Accounting, writer: ResultsWriter, model: torch.nn.Module
     ) -> None:
         self.cfg, self.strategy, self.writer, self.model = cfg, strategy, writer, model
         self.device = resolve_device(cfg.client.device)

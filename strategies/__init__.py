@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
-from strategies.screened import RoundLedger, Screened
+from strategies.screened import Accounting, RoundLedger, Screened
 
-StrategyFactory = Callable[[AppConfig], Screened]
+StrategyFactory = Callable[[AppConfig], Accounting]
 
 STRATEGIES: dict[str, StrategyFactory] = {
     "fedavg": build_fedavg,
@@ -16,9 +16,9 @@ STRATEGIES: dict[str, StrategyFactory] = {
 }
 
 
-def build_strategy(cfg: AppConfig) -> Screened:
+def build_strategy(cfg: AppConfig) -> Accounting:
     """The strategy named by ``cfg.strategy`` (the schema's Literal guarantees the key)."""
     return STRATEGIES[cfg.strategy](cfg)
 
 
-__all__ = ["STRATEGIES", "RoundLedger", "Screened", "build_strategy"]
+__all__ = ["STRATEGIES", "Accounting", "RoundLedger", "Screened", "build_strategy"]

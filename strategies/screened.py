@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
@@ -35,18 +35,25 @@ class RoundLedger:
     rejected: int = 0  # replies that failed screening
     train_phase_s: float = 0.0  # from sending train messages to having all replies
     evaluate_phase_s: float = 0.0  # the same for client-side evaluation
+    extra: dict[str, float] = field(default_factory=dict)  # strategy-specific per-round metrics
 
     def as_row(self) -> dict[str, float]:
-        row = {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        fields = {k: v for k, v in asdict(self).items() if k != "extra"}
+        row = {k.replace("_", "-"): v for k, v in fields.items()} | self.extra
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
-class Screened:
-    """Mixin: screen replies, count bytes and failures, log each client's labels once."""
+class Accounting:
+    """Per-round tallies and client bookkeeping shared by every strategy.
+
+    Flower-derived strategies get it through :class:`Screened`; strategies with
+    their own round loop through :class:`strategies._phased.PhasedStrategy`. The
+    ServerApp reads :meth:`close_round` after every round and checkpoints
+    :meth:`state_dict`.
+    """
 
     ledger: RoundLedger
     label_counts: dict[int, list[int]]
-    _reference: ArrayRecord
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,10 +65,43 @@ class Screened:
         """Strategy state saved with every checkpoint (generators, optimisers, ...)."""
         return {}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (stateless strategies have nothing to restore)."""
+
     def close_round(self) -> RoundLedger:
         """Hand out this round's tallies and start a fresh ledger."""
         done, self.ledger = self.ledger, RoundLedger()
         return done
+
+    def _reject(self, msg: Message, reason: str) -> None:
+        self.ledger.rejected += 1
+        self.rejected_total += 1
+        log(WARNING, "Rejected reply from node %d: %s", msg.metadata.src_node_id, reason)
+
+    def _log_labels_once(self, replies: list[Message]) -> None:
+        for msg in replies:
+            if msg.has_error() or records.CLIENT_INFO not in msg.content.config_records:
+                continue
+            info = msg.content.config_records[records.CLIENT_INFO]
+            pid = int(info[records.INFO_PARTITION])  # type: ignore[arg-type]
+            if pid not in self.label_counts:
+                counts = [int(c) for c in info[records.INFO_LABEL_COUNTS]]  # type: ignore[union-attr]
+                self.label_counts[pid] = counts
+                log(
+                    INFO,
+                    "Client partition %d (%s, %s): %d examples, labels %s",
+                    pid,
+                    info[records.INFO_TRAINER],
+                    info[records.INFO_MODEL],
+                    sum(counts),
+                    counts,
+                )
+
+
+class Screened(Accounting):
+    """Mixin: screen replies, count bytes and failures, log each client's labels once."""
+
+    _reference: ArrayRecord
 
     def _sent(self, messages: Iterable[Message]) -> list[Message]:
         out = list(messages)
@@ -84,29 +124,8 @@ class Screened:
             if reason is None:
                 accepted.append(msg)
             else:
-                self.ledger.rejected += 1
-                self.rejected_total += 1
-                log(WARNING, "Rejected reply from node %d: %s", msg.metadata.src_node_id, reason)
+                self._reject(msg, reason)
         return accepted
-
-    def _log_labels_once(self, replies: list[Message]) -> None:
-        for msg in replies:
-            if msg.has_error() or records.CLIENT_INFO not in msg.content.config_records:
-                continue
-            info = msg.content.config_records[records.CLIENT_INFO]
-            pid = int(info[records.INFO_PARTITION])  # type: ignore[arg-type]
-            if pid not in self.label_counts:
-                counts = [int(c) for c in info[records.INFO_LABEL_COUNTS]]  # type: ignore[union-attr]
-                self.label_counts[pid] = counts
-                log(
-                    INFO,
-                    "Client partition %d (%s, %s): %d examples, labels %s",
-                    pid,
-                    info[records.INFO_TRAINER],
-                    info[records.INFO_MODEL],
-                    sum(counts),
-                    counts,
-                )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

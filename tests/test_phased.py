@@ -1,0 +1,63 @@
+"""PhasedStrategy: the shared plumbing of custom round loops, through a FakeGrid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fakes import FakeGrid
+from strategies._phased import NotEnoughNodes, PhasedStrategy
+
+
+def echo_app(msg: Message, ctx: Context) -> Message:
+    """Replies {metrics: {value: partition id}}; partition 1 fails, partition 2 sends NaN."""
+    pid = int(ctx.node_config["partition-id"])
+    if pid == 1:
+        raise RuntimeError("boom")
+    value = float("nan") if pid == 2 else float(pid)
+    return Message(RecordDict({"metrics": MetricRecord({"value": value})}), reply_to=msg)
+
+
+def finite(content: RecordDict) -> str | None:
+    value = content.metric_records["metrics"]["value"]
+    return None if value == value else "NaN value"
+
+
+class Echo(PhasedStrategy):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.seen: list[dict[int, float]] = []
+
+    def run_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        nodes = self._sample(grid)
+        contents = {n: RecordDict({"config": ConfigRecord({"r": server_round})}) for n in nodes}
+        replies = self._send(grid, server_round, "query.echo", contents, check=finite)
+        self.seen.append({n: c.metric_records["metrics"]["value"] for n, c in replies.items()})
+        return arrays
+
+
+def test_send_counts_bytes_failures_and_rejections() -> None:
+    grid = FakeGrid(echo_app, {}, num_nodes=4)
+    strategy = Echo(fraction_train=1.0, min_available_nodes=2)
+    ledgers = {}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
+        ledgers[server_round] = strategy.close_round()
+
+    strategy.start(grid, ArrayRecord(), num_rounds=2, evaluate_fn=evaluate_fn)
+    assert sorted(ledgers) == [0, 1, 2]
+    assert strategy.seen == [{100: 0.0, 103: 3.0}] * 2
+    for ledger in (ledgers[1], ledgers[2]):
+        assert (ledger.failed, ledger.rejected) == (1, 1)
+        assert ledger.bytes_down > 0 and ledger.bytes_up > 0
+    assert grid.sent[-1].metadata.message_type == "query.echo"
+
+
+def test_too_few_nodes_fail_within_the_wait() -> None:
+    grid = FakeGrid(echo_app, {}, num_nodes=1)
+    strategy = Echo(fraction_train=1.0, min_available_nodes=3, node_wait=0.0)
+    with pytest.raises(NotEnoughNodes, match="only 1 of server.min-available-nodes = 3"):
+        strategy.start(grid, ArrayRecord(), num_rounds=1)
