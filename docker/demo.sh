@@ -67,9 +67,10 @@ fi
 # 3. runtime image --------------------------------------------------------------------
 mkdir -p docker/context/wheels
 cert=$(pip config get global.cert 2>/dev/null || true)
+cert=${cert:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
 [ -n "$cert" ] && [ -f "$cert" ] && cp "$cert" docker/context/ca.crt
 links=$(pip config get global.find-links 2>/dev/null || true)
-for dir in $links; do cp "$dir"/torch-2.13.0+cpu-*.whl docker/context/wheels/ 2>/dev/null || true; done
+for dir in $links ${PIP_FIND_LINKS:-}; do cp "$dir"/torch-2.13.0+cpu-*.whl docker/context/wheels/ 2>/dev/null || true; done
 log "building fedzg-runtime:$VERSION on $BASE_IMAGE"
 docker build -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
   -t "fedzg-runtime:$VERSION" . >"$WORK/build.log" 2>&1

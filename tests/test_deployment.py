@@ -152,16 +152,25 @@ def test_killed_supernode_is_counted_and_the_run_finishes(
     ) + " timeouts.train=150.0"
     victim = next(p for p in dep.procs if p.name == NAMES[-1])
     run = dep.start_run(cfg, tmp_path / "fail.log")
-    # kill it while it trains in round 1 (its ClientApp process is running)
-    training = lambda: any("flwr-clientapp" in cmdline(p) for p in victim.tree())
+    # kill it once it has taken this run's round-1 train message and its ClientApp runs
+    log = tmp_path / "fail.log"
+    wait_for(lambda: "Successfully started run" in log.read_text(), 120, "run start", dep)
+    run_id = dep.run_id(log.read_text())
+
+    def training() -> bool:
+        text = victim.log.read_text(errors="replace")
+        start = text.find(f"[RUN {run_id}]")
+        took = start >= 0 and "Receiving: train" in text[start:]
+        return took and any("flwr-clientapp" in cmdline(p) for p in victim.tree())
+
     wait_for(training, 300, "node training in round 1", dep)
     t_kill = time.monotonic()
     victim.kill(signal.SIGKILL)
     wait_for(lambda: len(rows_so_far(tmp_path / "fail")) >= 2, 300, "round 1 to end", dep)
     detected_s = time.monotonic() - t_kill
     run.wait(timeout=400)
-    entry = dep.run_entry(dep.run_id((tmp_path / "fail.log").read_text()))
-    assert entry["status"] == "finished:completed", (tmp_path / "fail.log").read_text()[-3000:]
+    entry = dep.run_entry(run_id)
+    assert entry["status"] == "finished:completed", log.read_text()[-3000:]
     rows = read_rounds(tmp_path / "fail")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[1]["failed"] >= 1 and rows[1]["clients"] == len(TRAINERS) - 1
