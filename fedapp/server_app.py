@@ -6,8 +6,8 @@ import random
 import sys
 import time
 from importlib.metadata import version
-from pathlib import Path
 from logging import ERROR, INFO
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,8 +172,8 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RoundRecorder(cfg, strategy, writer, model, ckpt.elapsed_s if ckpt else 0.0)
     live = LivenessGrid(grid, cfg.timeouts, cfg.server.min_available_nodes)
     try:
-        live.wait_for_nodes()
         if strategy.start_round <= cfg.num_server_rounds:
+            live.wait_for_nodes()
             strategy.start(
                 grid=live,
                 initial_arrays=records.pack_arrays(model.state_dict()),
