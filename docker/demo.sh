@@ -104,13 +104,15 @@ fi
 t_up=$(date +%s)
 "${COMPOSE[@]}" "${FILES[@]}" up -d --no-build >>"$WORK/up.log" 2>&1
 log "compose up in $(( $(date +%s) - t_up )) s; services: $("${COMPOSE[@]}" "${FILES[@]}" ps --services | tr '\n' ' ')"
+for _ in $(seq 90); do "$FLWR" ls fedzg-compose >/dev/null 2>&1 && break; sleep 1; done
+log "SuperLink answers after $(( $(date +%s) - t_up )) s"
 t_run=$(date +%s)
 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 "$FLWR" run . fedzg-compose --stream --run-config \
   'output-dir="/results" run-name="compose" num-server-rounds=2 data.dataset="digits" data.partition="iid" client.lr=0.1 server.min-available-nodes=3' \
   >"$WORK/run.log" 2>&1 || true
 log "flwr run took $(( $(date +%s) - t_run )) s"
-status=$("$FLWR" list fedzg-compose --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
 "${COMPOSE[@]}" "${FILES[@]}" logs --no-color >"$WORK/compose.log" 2>&1 || true
+status=$("$FLWR" list fedzg-compose --format json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("runs", [{}])[0].get("status", "no run"))' || echo "no run")
 log "run status: $status"
 rounds=$(python3 -c "import json; print([json.loads(l)['round'] for l in open('$FEDZG_RESULTS/compose/metrics.jsonl')])" 2>/dev/null || echo none)
 log "rounds in $FEDZG_RESULTS/compose/metrics.jsonl: $rounds"
