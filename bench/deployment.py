@@ -163,6 +163,10 @@ class Deployment:
         Run the SuperLink (and the Flower CLI) inside this network namespace.
     dial_host : str
         The address SuperNodes dial (a SAN of the server certificate).
+    database : bool
+        Keep the SuperLink's state in ``superlink.db`` (SQLite) instead of memory. Under
+        heavy load SQLite answered pushes with "database is locked" (HTTP 500), and the
+        SuperNode dropped that reply, so the default is Flower's in-memory state.
     """
 
     workdir: Path
@@ -170,6 +174,7 @@ class Deployment:
     auth: bool = False
     superlink_netns: str | None = None
     dial_host: str = "127.0.0.1"
+    database: bool = False
     procs: list[Proc] = field(default_factory=list)
     port: int = 0
     _sampler: threading.Thread | None = None
@@ -226,8 +231,9 @@ class Deployment:
         argv = [
             str(BIN / "flower-superlink"), "--host", host, "--port", str(self.port),
             "--disable-runtime-dependency-installation",
-            "--database", str(self.workdir / "superlink.db"),
         ]
+        if self.database:
+            argv += ["--database", str(self.workdir / "superlink.db")]
         if self.tls:
             argv += ["--ssl-ca-certfile", str(self.certs / "ca.crt"),
                      "--ssl-certfile", str(self.certs / "server.pem"),
