@@ -20,13 +20,12 @@ from typing import Any
 import pytest
 
 from bench.deployment import BIN, Deployment, cmdline, node_configs
-from conftest import ROOT
+from conftest import DEPLOY_TRAINERS, ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
-#: One trainer per SuperNode; switch one entry to "zo" once the ZO trainer is merged.
-TRAINERS = ("fo", "fo", "fo")
+TRAINERS = DEPLOY_TRAINERS
 NAMES = [f"node-{i}" for i in range(len(TRAINERS))]
 CACHE = ROOT / ".pytest_cache" / "fedzg-data"
 TIMING = ("wall-s", "elapsed-s", "train-phase-s", "evaluate-phase-s")
@@ -98,7 +97,7 @@ def test_client_without_the_ca_cannot_connect(dep: Deployment, tmp_path: Path) -
     no_ca = dep.add_supernode(
         "no-ca", node_configs(["fo"])[0], key=dep.certs / "node-0",
         root_certificates=Path("/etc/ssl/certs/ca-certificates.crt"),
-        extra=["--max-retries", "1", "--max-wait-time", "20"],
+        extra=["--max-retries", "1", "--max-wait-time", "10"],
     )
     no_ca.popen.wait(timeout=120)
     assert no_ca.popen.returncode != 0

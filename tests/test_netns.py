@@ -16,12 +16,12 @@ import pytest
 
 from bench.deployment import Deployment, node_configs
 from bench.netns import Lab, namespaces_available
-from conftest import ROOT
+from conftest import DEPLOY_TRAINERS, ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
-TRAINERS = ("fo", "fo", "fo")  # one per namespace; switch one to "zo" once it is merged
+TRAINERS = DEPLOY_TRAINERS
 CACHE = ROOT / ".pytest_cache" / "fedzg-data"
 LIMITED = len(TRAINERS)  # host index of the node whose link gets tbf
 
