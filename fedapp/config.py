@@ -106,6 +106,22 @@ class FedProxConfig(Section):
     mu: float = Field(ge=0)  # proximal weight; client adds mu/2 * ||w - w_global||^2
 
 
+class TimeoutsConfig(Section):
+    """Liveness bounds (deployment): how long the server waits for nodes and replies."""
+
+    train: float = Field(ge=0)  # seconds for `train*` replies; 0 uses round-timeout
+    evaluate: float = Field(ge=0)  # seconds for `evaluate*` replies; 0 uses round-timeout
+    query: float = Field(ge=0)  # seconds for `query*` replies; 0 uses round-timeout
+    min_nodes: float = Field(gt=0)  # seconds to wait for server.min-available-nodes, then fail
+
+    def for_phase(self, category: str, default: float) -> float:
+        """The reply timeout of a message category (``train``, ``evaluate``, ``query``)."""
+        value = {"train": self.train, "evaluate": self.evaluate, "query": self.query}.get(
+            category, 0.0
+        )
+        return value or default
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -113,11 +129,13 @@ class AppConfig(Section):
     run_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     output_dir: str = Field(min_length=1)
     round_timeout: float = Field(gt=0)  # seconds to wait for replies in one phase
+    resume: bool | str  # true: continue <output-dir>/<run-name>; a path: that checkpoint
     server: ServerConfig
     data: DataConfig
     model: ModelConfig
     client: ClientConfig
     fedprox: FedProxConfig
+    timeouts: TimeoutsConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -64,12 +64,18 @@ def read_rounds(directory: Path) -> list[dict[str, Any]]:
 class ResultsWriter:
     """Owns one run's results directory."""
 
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, config: dict[str, Any], rows: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Start ``directory`` afresh, or from ``rows`` when resuming a checkpoint."""
         self.dir = directory
         self.rows: list[dict[str, Any]] = []
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
         atomic_write_json(self.dir / "config.json", config)
+        if rows:
+            self.rows = list(rows)
+            self._write_rows()
 
     def add_round(self, row: dict[str, Any]) -> None:
         """Append one round; ``metrics.jsonl`` is rewritten whole, atomically."""
@@ -77,6 +83,9 @@ class ResultsWriter:
         if missing:
             raise ValueError(f"round row lacks {missing}")
         self.rows.append(row)
+        self._write_rows()
+
+    def _write_rows(self) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
         atomic_write_bytes(self.dir / "metrics.jsonl", text.encode())
 

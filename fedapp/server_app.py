@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import random
 import sys
 import time
 from importlib.metadata import version
 from logging import ERROR, INFO
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,9 +16,18 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedapp import records
+from fedapp.checkpoint import (
+    Checkpoint,
+    capture_rng,
+    checkpoint_path,
+    config_fingerprint,
+    load_checkpoint,
+    restore_rng,
+)
 from fedapp.config import AppConfig, ConfigError, load_config
+from fedapp.liveness import LivenessGrid, NodesUnavailable
 from fedapp.plots import plot_curves
-from fedapp.results import ResultsWriter, atomic_write_bytes, run_dir
+from fedapp.results import ResultsWriter, run_dir
 from fedapp.task.data import DataError, load_server_test
 from fedapp.task.evaluate import evaluate, resolve_device
 from fedapp.task.models import build_model
@@ -36,7 +45,8 @@ def _fail(error: Exception) -> None:
 
 def _config_record(cfg: AppConfig) -> dict[str, Any]:
     return {
-        "config": cfg.model_dump(mode="json", by_alias=True),
+        # without `resume`, so a resumed run's config.json equals the uninterrupted one's
+        "config": cfg.model_dump(mode="json", by_alias=True, exclude={"resume"}),
         "seed": cfg.seed,
         "versions": {
             "fedzg": version("fedzg") if _installed("fedzg") else "source",
@@ -59,12 +69,18 @@ class RoundRecorder:
     """The ``evaluate_fn`` Flower calls after every round: evaluate, record, checkpoint."""
 
     def __init__(
-        self, cfg: AppConfig, strategy: Accounting, writer: ResultsWriter, model: torch.nn.Module
+        self,
+        cfg: AppConfig,
+        strategy: Accounting,
+        writer: ResultsWriter,
+        model: torch.nn.Module,
+        elapsed_s: float = 0.0,
     ) -> None:
         self.cfg, self.strategy, self.writer, self.model = cfg, strategy, writer, model
         self.device = resolve_device(cfg.client.device)
         self.test, _ = load_server_test(cfg.data, cfg.seed)
-        self.t_start = self.t_last = time.perf_counter()
+        self.t_last = time.perf_counter()
+        self.t_start = self.t_last - elapsed_s  # a resumed run keeps counting
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         self.model.load_state_dict(arrays.to_torch_state_dict())
@@ -100,17 +116,31 @@ class RoundRecorder:
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
-        buf = io.BytesIO()
-        torch.save(
-            {
-                "round": server_round,
-                "model": self.cfg.model.name,
-                "state_dict": arrays.to_torch_state_dict(),
-                "strategy": self.strategy.state_dict(),
-            },
-            buf,
-        )
-        atomic_write_bytes(self.writer.dir / "model.pt", buf.getvalue())
+        Checkpoint(
+            round=server_round,
+            model=self.cfg.model.name,
+            state_dict=arrays.to_torch_state_dict(),
+            strategy=self.strategy.state_dict(),
+            rows=list(self.writer.rows),
+            label_counts=dict(self.strategy.label_counts),
+            config=config_fingerprint(self.cfg),
+            elapsed_s=time.perf_counter() - self.t_start,
+            rng=capture_rng(),
+        ).save(self.writer.dir)
+
+
+def _resume(cfg: AppConfig, out: Path, strategy: Accounting) -> Checkpoint | None:
+    """Load the checkpoint ``cfg.resume`` names into ``strategy`` and the RNGs."""
+    path = checkpoint_path(cfg, out)
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path, cfg)
+    strategy.load_state_dict(ckpt.strategy)
+    strategy.label_counts = dict(ckpt.label_counts)
+    strategy.start_round = ckpt.round + 1
+    restore_rng(ckpt.rng)
+    log(INFO, "fedzg: resuming from %s after round %d", path, ckpt.round)
+    return ckpt
 
 
 @app.main()
@@ -131,17 +161,31 @@ def main(grid: Grid, context: Context) -> None:
         return
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     strategy = build_strategy(cfg)
-    writer = ResultsWriter(out, _config_record(cfg))
-    recorder = RoundRecorder(cfg, strategy, writer, model)
-    strategy.start(
-        grid=grid,
-        initial_arrays=records.pack_arrays(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=recorder,
-    )
+    try:
+        ckpt = _resume(cfg, out, strategy)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    if ckpt is not None:
+        model.load_state_dict(ckpt.state_dict)
+    writer = ResultsWriter(out, _config_record(cfg), rows=ckpt.rows if ckpt else None)
+    recorder = RoundRecorder(cfg, strategy, writer, model, ckpt.elapsed_s if ckpt else 0.0)
+    live = LivenessGrid(grid, cfg.timeouts, cfg.server.min_available_nodes)
+    try:
+        if strategy.start_round <= cfg.num_server_rounds:
+            live.wait_for_nodes()
+            strategy.start(
+                grid=live,
+                initial_arrays=records.pack_arrays(model.state_dict()),
+                num_rounds=cfg.num_server_rounds,
+                timeout=cfg.round_timeout,
+                train_config=ConfigRecord(),
+                evaluate_config=ConfigRecord(),
+                evaluate_fn=recorder,
+            )
+    except NodesUnavailable as exc:
+        _fail(exc)
+        return
     writer.write_json("clients.json", {str(k): v for k, v in sorted(strategy.label_counts.items())})
     plot_curves(writer.rows, out / "curves.png", title=f"{cfg.strategy} on {cfg.data.dataset}")
     last = writer.rows[-1]

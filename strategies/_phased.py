@@ -73,14 +73,18 @@ class PhasedStrategy(Accounting, Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
     ) -> Result:
-        """Evaluate the initial arrays, then run and evaluate ``num_rounds`` rounds."""
+        """Evaluate the initial arrays, then run and evaluate rounds ``start_round..num_rounds``."""
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         self.timeout = timeout
         result = Result(arrays=initial_arrays)
-        if evaluate_fn is not None and (res := evaluate_fn(0, initial_arrays)) is not None:
+        if (
+            evaluate_fn is not None
+            and not self.resuming
+            and (res := evaluate_fn(0, initial_arrays)) is not None
+        ):
             result.evaluate_metrics_serverapp[0] = res
-        for server_round in range(1, num_rounds + 1):
+        for server_round in self.rounds(num_rounds):
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
             result.arrays = self.run_round(grid, server_round, result.arrays)
             if evaluate_fn is not None and (res := evaluate_fn(server_round, result.arrays)):

@@ -6,6 +6,20 @@ reply is checked against the wire contract (:mod:`fedapp.records`): NaN/Inf,
 wrong keys, shapes or dtypes are logged, counted and dropped, and the round
 goes on with the rest. Bytes are counted from the records actually sent and
 received, and the per-round tallies are handed out by :meth:`close_round`.
+
+Resume contract (``resume = true``; :mod:`fedapp.checkpoint`). Every strategy
+exposes :meth:`Screened.state_dict` (saved with each round's checkpoint) and
+:meth:`Screened.load_state_dict` (called with it before a resumed run starts),
+and honours :attr:`Screened.start_round`, the first round still to run (1 for a
+fresh run, ``k + 1`` after a checkpoint of round ``k``):
+
+- strategies that use Flower's ``Strategy.start()`` get this for free:
+  :meth:`Screened.start` runs only rounds ``start_round..num_rounds``, passing
+  their true numbers to ``configure_*``/``aggregate_*`` and ``evaluate_fn``, and
+  skips the round-0 evaluation when resuming;
+- strategies that override ``start()`` with their own loop iterate over
+  ``self.rounds(num_rounds)`` and call ``evaluate_fn(0, ...)`` only when
+  ``not self.resuming``.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 
 from fedapp import records
 
@@ -61,12 +76,22 @@ class Accounting:
         self.label_counts = {}
         self.rejected_total = 0
 
+    start_round: int = 1  # first round to run; > 1 when resuming from a checkpoint
+
     def state_dict(self) -> dict[str, Any]:
         """Strategy state saved with every checkpoint (generators, optimisers, ...)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (stateless strategies have nothing to restore)."""
+        """Restore what :meth:`state_dict` returned (resume); stateless strategies ignore it."""
+
+    @property
+    def resuming(self) -> bool:
+        return self.start_round > 1
+
+    def rounds(self, num_rounds: int) -> range:
+        """The rounds a custom ``start()`` loop still has to run."""
+        return range(self.start_round, num_rounds + 1)
 
     def close_round(self) -> RoundLedger:
         """Hand out this round's tallies and start a fresh ledger."""
@@ -102,6 +127,37 @@ class Screened(Accounting):
     """Mixin: screen replies, count bytes and failures, log each client's labels once."""
 
     _reference: ArrayRecord
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop over rounds ``start_round..num_rounds`` (see the module doc).
+
+        Flower's ``Strategy.start()`` always counts from 1, so a resumed run hands it a
+        view of this strategy whose hooks add ``start_round - 1`` to the round number.
+        """
+        flower_start = super().start  # type: ignore[misc]
+        if not self.resuming:
+            return flower_start(  # type: ignore[no-any-return]
+                grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
+                evaluate_fn,
+            )
+        offset = self.start_round - 1
+        shifted_eval = None
+        if evaluate_fn is not None:
+            def shifted_eval(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+                return None if rnd == 0 else evaluate_fn(rnd + offset, arrays)
+        return flower_start.__func__(  # type: ignore[no-any-return]
+            _RoundShift(self, offset), grid, initial_arrays, num_rounds - offset, timeout,
+            train_config, evaluate_config, shifted_eval,
+        )
 
     def _sent(self, messages: Iterable[Message]) -> list[Message]:
         out = list(messages)
@@ -169,3 +225,29 @@ class Screened(Accounting):
         self.ledger.evaluate_phase_s += time.perf_counter() - self._phase_start
         accepted = self._screen(replies, self._eval_sent, records.screen_eval_reply)
         return super().aggregate_evaluate(server_round, accepted)  # type: ignore[misc]
+
+
+class _RoundShift:
+    """A strategy as Flower's loop sees it on resume: round ``r`` is really ``r + offset``."""
+
+    def __init__(self, strategy: Screened, offset: int) -> None:
+        self._strategy, self._offset = strategy, offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._strategy, name)
+
+    def configure_train(self, server_round: int, *args: Any) -> Iterable[Message]:
+        return self._strategy.configure_train(server_round + self._offset, *args)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self._strategy.aggregate_train(server_round + self._offset, replies)
+
+    def configure_evaluate(self, server_round: int, *args: Any) -> Iterable[Message]:
+        return self._strategy.configure_evaluate(server_round + self._offset, *args)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self._strategy.aggregate_evaluate(server_round + self._offset, replies)

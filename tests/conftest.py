@@ -15,6 +15,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Trainer of each SuperNode in the deployment tests (loopback, failure, namespaces).
+#: Switch one entry to "zo" once the zeroth-order trainer is merged.
+DEPLOY_TRAINERS = ("fo", "fo", "fo")
+
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested TOML tables -> Flower's dotted run-config keys."""

@@ -20,6 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "clients": {"fedapp.config", "fedapp.task", "clients"},
     "fedapp.server_app": {"fedapp", "strategies", "flwr.app", "flwr.serverapp", "flwr.common"},
     "fedapp.client_app": {"fedapp", "clients", "flwr.app", "flwr.clientapp", "flwr.common"},
+    "fedapp.checkpoint": {"fedapp.config", "fedapp.results"},
+    "fedapp.liveness": {"fedapp.config", "flwr.app", "flwr.serverapp", "flwr.common"},
 }
 
 

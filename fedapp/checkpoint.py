@@ -1,0 +1,139 @@
+"""The per-round checkpoint that lets a killed ServerApp resume (``resume = true``).
+
+After every server round the ServerApp writes ``<output-dir>/<run-name>/model.pt``
+atomically (write to a temporary file, fsync, rename), so a crash leaves the
+previous round's checkpoint or the new one, never half of one. It holds the
+complete server state:
+
+- ``round``: the last completed round; ``model``, ``state_dict``: the global model;
+- ``strategy``: ``strategy.state_dict()`` (generators, optimisers, histories);
+- ``rows``: every ``metrics.jsonl`` row so far, ``label-counts``: ``clients.json``;
+- ``rng``: Python's ``random`` (Flower samples nodes with it), NumPy's and torch's
+  global generator states;
+- ``config``: the validated config, to refuse resuming with a different experiment;
+- ``elapsed-s``: wall time so far, so ``elapsed-s`` keeps counting across a resume.
+
+``resume = true`` reads the run's own ``model.pt``; ``resume = "<path>"`` reads that
+file (or ``<path>/model.pt``). The run then continues from round ``round + 1``
+and rewrites ``metrics.jsonl`` from ``rows``, so no round is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedapp.config import AppConfig, ConfigError
+from fedapp.results import atomic_write_bytes
+
+CHECKPOINT_NAME = "model.pt"
+
+#: Config keys that may differ between the killed run and its resumption.
+RESUMABLE_CHANGES = frozenset({"resume", "output-dir", "run-name", "num-server-rounds", "timeouts"})
+
+
+@dataclass
+class Checkpoint:
+    """Complete server state after round :attr:`round`."""
+
+    round: int
+    model: str
+    state_dict: dict[str, torch.Tensor]
+    strategy: dict[str, Any]
+    rows: list[dict[str, Any]]
+    label_counts: dict[int, list[int]]
+    config: dict[str, Any]
+    elapsed_s: float
+    rng: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "round": self.round,
+                "model": self.model,
+                "state_dict": self.state_dict,
+                "strategy": self.strategy,
+                "rows": self.rows,
+                "label-counts": self.label_counts,
+                "config": self.config,
+                "elapsed-s": self.elapsed_s,
+                "rng": self.rng,
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    def save(self, directory: Path) -> Path:
+        path = directory / CHECKPOINT_NAME
+        atomic_write_bytes(path, self.to_bytes())
+        return path
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global generator states a server run may draw from."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def config_fingerprint(cfg: AppConfig) -> dict[str, Any]:
+    """The config as compared on resume (keys in :data:`RESUMABLE_CHANGES` left out)."""
+    dumped = cfg.model_dump(mode="json", by_alias=True)
+    return {k: v for k, v in dumped.items() if k not in RESUMABLE_CHANGES}
+
+
+def checkpoint_path(cfg: AppConfig, run_directory: Path) -> Path | None:
+    """Where ``cfg.resume`` points: ``None`` for a fresh run."""
+    if cfg.resume is False or cfg.resume == "":
+        return None
+    if cfg.resume is True:
+        return run_directory / CHECKPOINT_NAME
+    path = Path(str(cfg.resume)).expanduser().resolve()
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def load_checkpoint(path: Path, cfg: AppConfig) -> Checkpoint:
+    """Read a checkpoint and check it belongs to the same experiment as ``cfg``."""
+    if not path.is_file():
+        raise ConfigError(f"resume: no checkpoint at {path} (run at least one round first)")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    if "rows" not in raw:
+        raise ConfigError(f"resume: {path} is a model file without server state")
+    saved, now = raw["config"], config_fingerprint(cfg)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(
+            f"resume: the config differs from the checkpoint's in {', '.join(changed)} "
+            f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+        )
+    if raw["round"] > cfg.num_server_rounds:
+        raise ConfigError(
+            f"resume: the checkpoint is at round {raw['round']}, past "
+            f"num-server-rounds = {cfg.num_server_rounds}"
+        )
+    return Checkpoint(
+        round=int(raw["round"]),
+        model=str(raw["model"]),
+        state_dict=raw["state_dict"],
+        strategy=raw["strategy"],
+        rows=list(raw["rows"]),
+        label_counts={int(k): list(v) for k, v in raw["label-counts"].items()},
+        config=saved,
+        elapsed_s=float(raw["elapsed-s"]),
+        rng=raw["rng"],
+    )

@@ -1,0 +1,84 @@
+"""Liveness bounds: per-phase reply timeouts and a bounded wait for the minimum nodes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from fakes import FakeGrid
+from fedapp.client_app import app as client_app
+from fedapp.config import TimeoutsConfig
+from fedapp.liveness import LivenessGrid, NodesUnavailable
+from fedapp.results import read_rounds
+from fedapp.server_app import main
+
+
+class TimeoutRecordingGrid(FakeGrid):
+    """Remembers the timeout of every ``send_and_receive`` by message category."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeouts: list[tuple[str, float | None]] = []
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        messages = list(messages)
+        self.timeouts.append((messages[0].metadata.message_type, timeout))
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def timeouts(**values: float) -> TimeoutsConfig:
+    base = {"train": 0.0, "evaluate": 0.0, "query": 0.0, "min-nodes": 5.0}
+    return TimeoutsConfig.model_validate(base | values)
+
+
+def serve(cfg: dict[str, Any], grid: FakeGrid) -> Path:
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    return Path(cfg["output-dir"]) / cfg["run-name"]
+
+
+@pytest.fixture
+def small(run_config: dict[str, Any]) -> dict[str, Any]:
+    return {**run_config, "data.dataset": "digits", "data.partition": "iid",
+            "num-server-rounds": 1}
+
+
+def test_each_phase_gets_its_own_timeout(small: dict[str, Any]) -> None:
+    cfg = {**small, "round-timeout": 77.0, "timeouts.train": 12.0}
+    grid = TimeoutRecordingGrid(client_app, cfg, 3)
+    serve(cfg, grid)
+    assert grid.timeouts == [("train", 12.0), ("evaluate", 77.0)]
+
+
+def test_too_few_nodes_fail_the_run_with_a_clear_error(small: dict[str, Any]) -> None:
+    cfg = {**small, "server.min-available-nodes": 4, "timeouts.min-nodes": 1.0}
+    t0 = time.monotonic()
+    with pytest.raises(NodesUnavailable, match=r"only 3 of the 4 nodes .* for 1 s"):
+        serve(cfg, FakeGrid(client_app, cfg, 3))
+    assert time.monotonic() - t0 < 10
+    assert not (Path(cfg["output-dir"]) / cfg["run-name"] / "metrics.jsonl").exists()
+
+
+def test_the_wait_resets_when_nodes_come_back() -> None:
+    now = [0.0]
+    online = [[1, 2], [1, 2], [1, 2, 3], [1, 2], [1, 2]]
+    inner = FakeGrid(client_app, {}, 0)
+    inner.get_node_ids = lambda: online.pop(0)  # type: ignore[method-assign]
+    grid = LivenessGrid(inner, timeouts(**{"min-nodes": 10.0}), 3, clock=lambda: now[0])
+    for t in (0.0, 8.0, 9.0, 15.0):  # short since 0, back at 9, short again from 15
+        now[0] = t
+        grid.get_node_ids()
+    now[0] = 26.0
+    with pytest.raises(NodesUnavailable):
+        grid.get_node_ids()
+
+
+def test_a_silent_node_is_counted_as_failed_and_the_round_completes(small: dict[str, Any]) -> None:
+    silent = lambda m: m.metadata.dst_node_id == 102  # never answers, in both phases
+    cfg = {**small, "timeouts.train": 3.0}
+    out = serve(cfg, FakeGrid(client_app, cfg, 3, drop=silent))
+    row = read_rounds(out)[1]
+    assert (row["clients"], row["failed"]) == (2, 2)  # its train and evaluate replies
