@@ -10,7 +10,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import TRAINERS, FitPlan, NodeSpec, resolve_node
+from clients import TRAINERS, FitPlan, NodeSpec, plan_for, resolve_node
 from clients.faults import inject
 from fedapp import records
 from fedapp.config import AppConfig, load_config, load_node_config
@@ -43,7 +43,7 @@ def _plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:
     config = records.round_config(msg.content)
     server_round = int(config.get(records.SERVER_ROUND, 1))  # type: ignore[arg-type]
     c = cfg.client
-    return FitPlan(
+    plan = FitPlan(
         server_round=server_round,
         lr=c.lr * c.lr_decay ** (server_round - 1),
         local_epochs=c.local_epochs,
@@ -55,6 +55,7 @@ def _plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:
         proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, server_round, node.partition_id),
     )
+    return plan_for(plan, cfg, node)  # zo: the zo.* settings and this round's seeds
 
 
 @app.train()
