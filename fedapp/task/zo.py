@@ -269,3 +269,32 @@ def replay_(
         apply_step_(params, step, direction)
         count += 1
     return count
+
+
+@dataclass(frozen=True, slots=True)
+class ZORound:
+    """One round of the ``zo-seed`` history: the server's aggregate steps θ^t → θ^{t+1} (SPEC §6.3)."""
+
+    round: int  # t
+    seed_base: int  # the base seed handed out for round t
+    steps: tuple[ZOStep, ...]  # H steps (none when no reply survived screening)
+
+
+@torch.no_grad()
+def replay_rounds_(
+    params: Sequence[Tensor], rounds: Iterable[ZORound], synced: int,
+    direction: Direction = "gaussian",
+) -> int:
+    """Catch a replica holding θ^synced up by replaying ``rounds`` (SPEC §6.4).
+
+    Rounds before ``synced`` are already in the replica and are skipped; the rest
+    must follow on without a gap. Returns the round whose model the replica now holds.
+    """
+    for entry in rounds:
+        if entry.round < synced:
+            continue
+        if entry.round != synced:
+            raise ValueError(f"replica holds round {synced} but the history resumes at {entry.round}")
+        replay_(params, entry.steps, direction)
+        synced += 1
+    return synced
