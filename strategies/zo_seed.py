@@ -17,8 +17,9 @@ Round t:
    history, and applies it to its own replica by the same replay function, so
    server and nodes agree bit for bit on one device type.
 
-Apart from bootstrap (``zo-model``, only when a node is more than
-``zo.catchup-max-rounds`` behind) no parameter crosses the wire. BatchNorm
+Apart from bootstrap (``zo-model``: to a node more than
+``zo.catchup-max-rounds`` behind, or once to each node when θ^1 is not the
+shared-seed init, e.g. a pre-trained model) no parameter crosses the wire. BatchNorm
 running statistics are averaged like FedAvg buffers when ``zo.sync-buffers``.
 Not implemented: FedKSeed's seed pool (``kseed`` upload) and server momentum.
 
@@ -74,6 +75,7 @@ class ZOSeed(Screened, FedAvg):
         self.synced: dict[int, int] = {}  # node id -> round whose model it holds
         self._pending: dict[int, int] = {}
         self.explicit_seeds = cfg.zo.seed_source == "client"
+        self.initial: dict[str, torch.Tensor] | None = None  # θ^1 when not the shared-seed init
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> ZOSeed:
@@ -96,11 +98,13 @@ class ZOSeed(Screened, FedAvg):
                 for r in self.history
             ],
             "buffers": {k: v.clone() for k, v in self._buffers().items()},
+            "initial": self.initial,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild θ^t from the shared init by replaying the saved history."""
-        self.model.load_state_dict(initial_model(self.cfg, self.spec).state_dict())
+        self.initial = state.get("initial")
+        self.model.load_state_dict(self.initial or initial_model(self.cfg, self.spec).state_dict())
         self.history = [
             zo.ZORound(
                 r["round"], r["seed_base"],
@@ -135,10 +139,22 @@ class ZOSeed(Screened, FedAvg):
             for key, value in buffers.items():
                 own[key].copy_(value)
 
+    def _adopt(self, arrays: ArrayRecord) -> None:
+        """Start from the ServerApp's θ^1; one that is not the shared-seed init (a pre-trained
+        model) reaches each node once, by bootstrap."""
+        given = arrays.to_torch_state_dict()
+        own = self.model.state_dict()
+        if given.keys() == own.keys() and all(torch.equal(given[k], own[k]) for k in own):
+            return
+        self.model.load_state_dict(given)
+        self.initial = {k: v.clone() for k, v in given.items()}
+
     def _downlink(self, node_id: int, server_round: int, target: int) -> Message:
         synced = self.synced.get(node_id, 1)
         gap = target - synced
-        bootstrap = self.cfg.zo.catchup_max_rounds > 0 and gap > self.cfg.zo.catchup_max_rounds
+        bootstrap = (self.cfg.zo.catchup_max_rounds > 0 and gap > self.cfg.zo.catchup_max_rounds) or (
+            self.initial is not None and node_id not in self.synced
+        )
         content = records.pack_zo_down(
             server_round, target, self.seed_base(server_round), self.lr(server_round),
             [] if bootstrap else self.history[synced - 1 : target - 1],
@@ -168,6 +184,8 @@ class ZOSeed(Screened, FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if not self.history:
+            self._adopt(arrays)
         nodes = self._sample(FedAvg.configure_train, server_round, grid)
         messages = self._sent(self._downlink(n, server_round, server_round) for n in nodes)
         self.ledger.sampled = self._train_sent = len(messages)
