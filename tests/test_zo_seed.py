@@ -150,3 +150,23 @@ def test_mixed_fedavg_federation(run_config: dict) -> None:
             kinds[info[records.INFO_PARTITION]] = (info[records.INFO_TRAINER], met["backward-passes"])
     assert kinds[0][0] == kinds[1][0] == "zo" and kinds[2][0] == kinds[3][0] == "fo"
     assert kinds[0][1] == 0 and kinds[2][1] > 0
+
+
+def test_pretrained_start_reaches_each_node_once_by_bootstrap(zo_cfg: dict) -> None:
+    from flwr.app import ConfigRecord
+
+    from strategies.zo_seed import initial_model
+
+    strategy = build_strategy(load_config(zo_cfg))
+    pretrained = initial_model(strategy.cfg, strategy.spec)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        next(pretrained.parameters()).add_(0.1)  # not the shared-seed init any more
+    grid = FakeGrid(client_app, zo_cfg, 3)
+    strategy.start(grid=grid, initial_arrays=records.pack_arrays(pretrained.state_dict()),
+                   num_rounds=2, train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+    boots = [m.metadata.dst_node_id for m in grid.sent if records.ZO_MODEL in m.content.array_records]
+    assert sorted(boots) == [100, 101, 102]  # once per node, then replay only
+    server = strategy.model.state_dict()  # type: ignore[attr-defined]
+    for node in (100, 101, 102):
+        replica, _ = records.load_zo_replica(grid.contexts[node].state)  # type: ignore[misc]
+        assert all(torch.equal(replica[k], v) for k, v in server.items())

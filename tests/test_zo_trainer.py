@@ -130,8 +130,9 @@ def _direction_digest(seed: int) -> str:
 
 
 def test_same_seed_gives_the_same_direction_in_a_fresh_process() -> None:
-    code = ("import sys; sys.path[:0] = ['tests', '.']; "
-            "from test_zo_trainer import _direction_digest as d; print(d(1234))")
+    code = ("import hashlib, torch; from fedapp.task import zo; "
+            "p = [torch.zeros(17, 5), torch.zeros(3, 3, 2)]; zo.perturb_(p, 1234, 1.0); "
+            "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in p)).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=120)
     torch.manual_seed(999)  # the global RNG plays no part
