@@ -34,7 +34,6 @@ same way, evaluate the replica on the local test split.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from logging import INFO
@@ -187,25 +186,18 @@ class ZOSeed(Screened, FedAvg):
         if not self.history:
             self._adopt(arrays)
         nodes = self._sample(FedAvg.configure_train, server_round, grid)
-        messages = self._sent(self._downlink(n, server_round, server_round) for n in nodes)
-        self.ledger.sampled = self._train_sent = len(messages)
-        self._phase_start = time.perf_counter()
-        return messages
+        return self._send_train(self._downlink(n, server_round, server_round) for n in nodes)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.ledger.train_phase_s += time.perf_counter() - self._phase_start
         pairs = self.cfg.zo.local_steps * self.cfg.zo.num_directions
         buffers = records.pack_arrays(self._buffers()) if self._buffers() else None
-        accepted = self._screen(
-            replies, self._train_sent,
-            lambda c: records.screen_zo_train_reply(c, pairs, self.explicit_seeds, buffers),
+        accepted = self._accept_train(
+            replies, lambda c: records.screen_zo_train_reply(c, pairs, self.explicit_seeds, buffers)
         )
         self._settle(accepted)
-        self._log_labels_once(accepted)
         good = [m for m in accepted if not m.has_error()]
-        self.ledger.clients = len(good)
         entry = self._aggregate(server_round, good)
         self.history.append(entry)
         zo.replay_(self.params, entry.steps, self.cfg.zo.direction)
@@ -244,10 +236,7 @@ class ZOSeed(Screened, FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         nodes = self._sample(FedAvg.configure_evaluate, server_round, grid)
-        messages = self._sent(self._downlink(n, server_round, server_round + 1) for n in nodes)
-        self._eval_sent = len(messages)
-        self._phase_start = time.perf_counter()
-        return messages
+        return self._send_evaluate(self._downlink(n, server_round, server_round + 1) for n in nodes)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
