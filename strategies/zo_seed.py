@@ -139,8 +139,11 @@ class ZOSeed(Screened, FedAvg):
                 own[key].copy_(value)
 
     def _adopt(self, arrays: ArrayRecord) -> None:
-        """Start from the ServerApp's θ^1; one that is not the shared-seed init (a pre-trained
-        model) reaches each node once, by bootstrap."""
+        """Start from the ServerApp's θ^1.
+
+        One that is not the shared-seed init (a pre-trained model) reaches each node
+        once, by bootstrap; the shared-seed init never crosses the wire.
+        """
         given = arrays.to_torch_state_dict()
         own = self.model.state_dict()
         if given.keys() == own.keys() and all(torch.equal(given[k], own[k]) for k in own):
@@ -164,11 +167,10 @@ class ZOSeed(Screened, FedAvg):
         kind = records.TRAIN_SEEDS if target == server_round else records.EVALUATE_SEEDS
         return Message(content=content, message_type=kind, dst_node_id=node_id)
 
-    def _sample(
-        self, phase: Any, server_round: int, grid: Grid
-    ) -> list[int]:
+    def _sample(self, phase: Any, server_round: int, grid: Grid) -> list[int]:
         """Flower's FedAvg sampling, used only for the node ids (the content is ours)."""
-        return [m.metadata.dst_node_id for m in phase(self, server_round, ArrayRecord(), ConfigRecord(), grid)]
+        sampled = phase(self, server_round, ArrayRecord(), ConfigRecord(), grid)
+        return [m.metadata.dst_node_id for m in sampled]
 
     def _settle(self, replies: list[Message]) -> None:
         """A node that answered holds its target round; one that failed is resynced from scratch."""
