@@ -85,6 +85,16 @@ def test_local_update_is_exactly_its_recorded_steps_with_exact_restore(direction
     assert all(torch.equal(a, b) for a, b in zip(zo.trainable(trained), zo.trainable(replica)))
 
 
+def test_perturb_then_restore_is_bit_identical_with_exact_restore() -> None:
+    # lr = 0: every step perturbs (+μz, −2μz, +μz per direction) and updates by 0·ĝ
+    data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
+    model = build_model("fedgen-cnn", spec, seed=3)
+    start = [p.detach().clone() for p in zo.trainable(model)]
+    ZerothOrderTrainer().fit(model, data, zo_plan(local_steps=5, num_directions=3, lr=0.0,
+                                                  exact_restore=True), CPU)
+    assert all(torch.equal(a, b) for a, b in zip(zo.trainable(model), start))
+
+
 def test_in_place_restore_is_close_but_not_claimed_exact() -> None:
     # MeZO's in-place θ+μz−2μz+μz rounds (SPEC §1.2); the drift stays at float32 round-off.
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
