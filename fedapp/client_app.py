@@ -6,11 +6,13 @@ value fails the call with a one-line error reply instead of training on it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import TRAINERS, FitPlan, NodeSpec, resolve_node
+from clients import TRAINERS, FitPlan, FitStats, NodeSpec, ZerothOrderTrainer, plan_for, resolve_node
 from clients.faults import inject
 from fedapp import records
 from fedapp.config import AppConfig, load_config, load_node_config
@@ -18,7 +20,8 @@ from fedapp.task.data import ClientData, load_client_data
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
 from fedapp.task.partition import label_histogram
-from fedapp.task.seeding import PURPOSE_DATA_ORDER, derive_seed
+from fedapp.task import zo
+from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 app = ClientApp()
 
@@ -43,7 +46,7 @@ def _plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:
     config = records.round_config(msg.content)
     server_round = int(config.get(records.SERVER_ROUND, 1))  # type: ignore[arg-type]
     c = cfg.client
-    return FitPlan(
+    plan = FitPlan(
         server_round=server_round,
         lr=c.lr * c.lr_decay ** (server_round - 1),
         local_epochs=c.local_epochs,
@@ -55,6 +58,18 @@ def _plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:
         proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
         data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, server_round, node.partition_id),
     )
+    return plan_for(plan, cfg, node)  # zo: the zo.* settings and this round's seeds
+
+
+def _metrics(stats: FitStats) -> dict[str, float | int]:
+    return {
+        records.NUM_EXAMPLES: stats.num_examples,
+        "train-loss": stats.train_loss,
+        "forward-passes": stats.forward_passes,
+        "backward-passes": stats.backward_passes,
+        "peak-mem-mb": stats.peak_mem_mb,
+        "train-s": stats.seconds,
+    }
 
 
 @app.train()
@@ -66,17 +81,9 @@ def train(msg: Message, context: Context) -> Message:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if cfg.client.faulty(node.partition_id):
         state = inject(cfg.client.fault, state)
-    metrics = {
-        records.NUM_EXAMPLES: stats.num_examples,
-        "train-loss": stats.train_loss,
-        "forward-passes": stats.forward_passes,
-        "backward-passes": stats.backward_passes,
-        "peak-mem-mb": stats.peak_mem_mb,
-        "train-s": stats.seconds,
-    }
     reply = records.pack_train_reply(
         records.pack_arrays(state),
-        metrics,
+        _metrics(stats),
         node.partition_id,
         node.trainer,
         node.model,
@@ -93,3 +100,61 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
     reply = records.pack_eval_reply(result.num_examples, result.loss, result.accuracy)
     return Message(reply, reply_to=msg)
+
+
+def _zo_replica(
+    cfg: AppConfig, node: NodeSpec, data: ClientData, down: records.ZODownlink, context: Context
+) -> SplitModel:
+    """Catch this node's replica of the global model up to ``down.target_round`` (zo-seed).
+
+    From the stored replica (or θ^1, built from the shared init seed) by replaying the
+    history; from ``zo-model`` only when the server bootstraps. Stored back in
+    ``context.state``, so the local steps that follow never touch it.
+    """
+    if node.trainer != "zo" or node.model != cfg.model.name:
+        raise ValueError(
+            f"zo-seed needs trainer 'zo' and model {cfg.model.name!r} on every node; "
+            f"this node has {node.trainer!r}, {node.model!r}"
+        )
+    model = build_model(node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
+    saved, synced = records.load_zo_replica(context.state), 1
+    if down.model is not None:
+        model.load_state_dict(down.model)
+        synced = down.target_round
+    elif saved is not None:
+        model.load_state_dict(saved[0])
+        synced = saved[1]
+    synced = zo.replay_rounds_(zo.trainable(model), down.history, synced, cfg.zo.direction)
+    if synced != down.target_round:
+        raise ValueError(f"replica reached round {synced}, server expects {down.target_round}")
+    if down.buffers:
+        model.load_state_dict(down.buffers, strict=False)
+    records.save_zo_replica(context.state, model.state_dict(), synced)
+    return model
+
+
+@app.train("seeds")
+def train_seeds(msg: Message, context: Context) -> Message:
+    """zo-seed: catch up by replay, H ZO steps, reply scalars only (``strategies.zo_seed``)."""
+    cfg, node, data = _prepare(context)
+    down = records.unpack_zo_down(msg.content)
+    model = _zo_replica(cfg, node, data, down, context)
+    plan = replace(_plan(cfg, node, msg), seed_base=down.seed_base, lr=down.lr)  # type: ignore[type-var]
+    trainer = ZerothOrderTrainer()
+    stats = trainer.fit(model, data.train, plan, node.device)
+    buffers = dict(model.named_buffers()) if cfg.zo.sync_buffers else None
+    reply = records.pack_zo_train_reply(
+        trainer.steps, cfg.zo.seed_source == "client", buffers, _metrics(stats),
+        node.partition_id, node.trainer, node.model,
+        label_histogram(data.train.y, data.spec.num_classes),
+    )
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate("seeds")
+def evaluate_seeds(msg: Message, context: Context) -> Message:
+    """zo-seed: catch up by replay, then evaluate the replica on the local test split."""
+    cfg, node, data = _prepare(context)
+    model = _zo_replica(cfg, node, data, records.unpack_zo_down(msg.content), context)
+    result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
+    return Message(records.pack_eval_reply(result.num_examples, result.loss, result.accuracy), reply_to=msg)

@@ -18,8 +18,8 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox"]
-TrainerName = Literal["fo"]
+StrategyName = Literal["fedavg", "fedprox", "zo-seed"]
+TrainerName = Literal["fo", "zo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
 ]
@@ -28,11 +28,17 @@ ModelName = Literal["fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet5
 OptimizerName = Literal["sgd", "adam"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 FaultName = Literal["none", "nan", "shape", "raise"]
+#: ``client.trainer``: a trainer for every node, or ``mixed`` (``client.zo-fraction`` of nodes run ``zo``).
+TrainerChoice = TrainerName | Literal["mixed"]
+ZOEstimatorName = Literal["central", "forward"]
+ZODirectionName = Literal["gaussian", "sphere"]
+ZOSeedSource = Literal["shared", "client"]
 
 #: Which trainers each strategy can drive; checked once the config is parsed.
 ACCEPTS: dict[str, frozenset[str]] = {
-    "fedavg": frozenset({"fo"}),
-    "fedprox": frozenset({"fo"}),
+    "fedavg": frozenset({"fo", "zo", "mixed"}),
+    "fedprox": frozenset({"fo", "zo", "mixed"}),
+    "zo-seed": frozenset({"zo"}),
 }
 
 
@@ -78,7 +84,8 @@ class ModelConfig(Section):
 
 
 class ClientConfig(Section):
-    trainer: TrainerName
+    trainer: TrainerChoice
+    zo_fraction: float = Field(ge=0, le=1)  # mixed: share of partitions (lowest ids) that run zo
     optimizer: OptimizerName
     lr: float = Field(gt=0)
     lr_decay: float = Field(gt=0, le=1)  # lr_t = lr * lr_decay^(t-1)
@@ -120,6 +127,21 @@ class TimeoutsConfig(Section):
             category, 0.0
         )
         return value or default
+class ZOConfig(Section):
+    """Zeroth-order clients (SPEC §1, §6): MeZO-style seeded two-point estimates, ZO-SGD."""
+
+    estimator: ZOEstimatorName  # central: 2P forwards/step; forward: P+1
+    direction: ZODirectionName  # gaussian (c = 1) or sphere (c = d)
+    num_directions: int = Field(ge=1)  # P
+    mu: float = Field(gt=0)  # smoothing μ, quoted with its direction family
+    lr: float = Field(gt=0)  # η (decays with client.lr-decay)
+    momentum: float = Field(ge=0, lt=1)  # local heavy ball; needs a d-sized buffer; not with zo-seed
+    weight_decay: float = Field(ge=0)  # λ: θ ← (1 − ηλ)θ, not on biases and norms
+    local_steps: int = Field(ge=1)  # H
+    exact_restore: bool  # restore θ from a copy after each estimate (bit-exact, +d floats)
+    seed_source: ZOSeedSource  # shared: seeds from (run seed, round, h, p); client: + partition id
+    catchup_max_rounds: int = Field(ge=0)  # zo-seed: send the model beyond this gap; 0 = never
+    sync_buffers: bool  # zo-seed: average BatchNorm running statistics (no parameters)
 
 
 class AppConfig(Section):
@@ -136,6 +158,7 @@ class AppConfig(Section):
     client: ClientConfig
     fedprox: FedProxConfig
     timeouts: TimeoutsConfig
+    zo: ZOConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -144,6 +167,11 @@ class AppConfig(Section):
             raise ValueError(
                 f"strategy {self.strategy!r} cannot use client.trainer "
                 f"{self.client.trainer!r} (allowed: {allowed})"
+            )
+        if self.strategy == "zo-seed" and self.zo.momentum > 0:
+            raise ValueError(
+                "zo.momentum must be 0 with strategy 'zo-seed' (replaying (seed, scalar) "
+                "pairs cannot rebuild a momentum buffer)"
             )
         if self.server.fraction_evaluate > 0 and self.data.local_test_size == 0:
             raise ValueError(

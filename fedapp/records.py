@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedapp.task import zo
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -140,7 +143,13 @@ def screen_train_reply(content: RecordDict, reference: ArrayRecord) -> str | Non
     """
     if set(content.array_records) != {ARRAYS}:
         return f"array records {sorted(content.array_records)} != ['{ARRAYS}']"
-    arrays = content.array_records[ARRAYS]
+    return _screen_arrays(content.array_records[ARRAYS], reference) or _screen_metrics(
+        content, TRAIN_METRICS
+    )
+
+
+def _screen_arrays(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
+    """Keys, shapes and dtypes as in ``reference``, floating values finite."""
     if list(arrays) != list(reference):
         missing, extra = set(reference) - set(arrays), set(arrays) - set(reference)
         return f"array keys differ (missing {sorted(missing)}, unexpected {sorted(extra)})"
@@ -151,9 +160,194 @@ def screen_train_reply(content: RecordDict, reference: ArrayRecord) -> str | Non
         values = arr.numpy()
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             return f"array {key!r} has NaN/Inf values"
-    return _screen_metrics(content, TRAIN_METRICS)
+    return None
 
 
 def screen_eval_reply(content: RecordDict) -> str | None:
     """Why an evaluate reply must not be aggregated, or ``None`` when it is sound."""
     return _screen_metrics(content, EVAL_METRICS)
+
+
+# --- zo-seed (SPEC §6.3-6.4): seeds and scalars instead of weights ---
+
+TRAIN_SEEDS = "train.seeds"  # message types of the zo-seed strategy
+EVALUATE_SEEDS = "evaluate.seeds"
+
+ZO_HISTORY = "zo-history"  # down: the aggregate steps of the rounds the node missed
+ZO_MODEL = "zo-model"  # down, bootstrap only: the full model (gap > zo.catchup-max-rounds)
+ZO_BUFFERS = "zo-buffers"  # both ways: BatchNorm running statistics (zo.sync-buffers)
+ZO_STEPS = "zo-steps"  # up: this node's projected-gradient scalars (and seeds if its own)
+ZO_TARGET_ROUND = "zo-target-round"  # the round whose model the node must hold after catch-up
+ZO_SEED_BASE = "zo-seed-base"  # the base seed of this round's perturbations
+ZO_LR = "zo-lr"  # η_t of this round
+ZO_REPLICA = "zo-replica"  # context.state: the node's copy of the global model
+ZO_SYNC = "zo-sync"  # context.state: {"round": the round that copy belongs to}
+
+_META = "meta"  # (R, 5) int64: round, seed base, steps, pairs per step, P
+_RATES = "rates"  # (R, 2) float64: lr, weight decay
+_SCALARS = "scalars"  # (N,) float32
+_SEEDS = "seeds"  # (N,) int64; only when seeds are not derivable (zo.seed-source = client)
+
+
+def _arr(values: np.ndarray) -> Array:
+    return Array(np.ascontiguousarray(values))
+
+
+def pack_zo_history(rounds: list[zo.ZORound], explicit_seeds: bool) -> ArrayRecord:
+    """History rounds as four flat arrays (seeds only when ``explicit_seeds``)."""
+    meta, rates, scalars, seeds = [], [], [], []
+    for r in rounds:
+        first = r.steps[0] if r.steps else zo.ZOStep((), (), 0.0, 1)
+        meta.append([r.round, r.seed_base, len(r.steps), len(first.seeds), first.num_directions])
+        rates.append([first.lr, first.weight_decay])
+        for step in r.steps:
+            scalars.extend(step.grads)
+            seeds.extend(step.seeds)
+    record = {
+        _META: _arr(np.asarray(meta, dtype=np.int64).reshape(-1, 5)),
+        _RATES: _arr(np.asarray(rates, dtype=np.float64).reshape(-1, 2)),
+        _SCALARS: _arr(np.asarray(scalars, dtype=np.float32)),
+    }
+    if explicit_seeds:
+        record[_SEEDS] = _arr(np.asarray(seeds, dtype=np.int64))
+    return ArrayRecord(record)
+
+
+def unpack_zo_history(record: ArrayRecord) -> list[zo.ZORound]:
+    """Inverse of :func:`pack_zo_history`; implicit seeds are re-derived from the seed base."""
+    meta, rates = record[_META].numpy(), record[_RATES].numpy()
+    scalars = record[_SCALARS].numpy()
+    seeds = record[_SEEDS].numpy() if _SEEDS in record else None
+    rounds, at = [], 0
+    for (t, base, num_steps, pairs, p), (lr, wd) in zip(meta.tolist(), rates.tolist(), strict=True):
+        steps = []
+        for h in range(num_steps):
+            step_seeds = (
+                seeds[at : at + pairs].tolist() if seeds is not None
+                else zo.step_seeds(base, h, p)
+            )
+            grads = scalars[at : at + pairs].tolist()
+            steps.append(zo.ZOStep(tuple(step_seeds), tuple(grads), lr, p, wd))
+            at += pairs
+        rounds.append(zo.ZORound(t, base, tuple(steps)))
+    return rounds
+
+
+@dataclass(frozen=True, slots=True)
+class ZODownlink:
+    """What a ``train.seeds`` / ``evaluate.seeds`` message tells a node."""
+
+    server_round: int
+    target_round: int
+    seed_base: int
+    lr: float
+    history: list[zo.ZORound]
+    buffers: dict[str, torch.Tensor] | None
+    model: dict[str, torch.Tensor] | None
+
+
+def pack_zo_down(
+    server_round: int, target_round: int, seed_base: int, lr: float,
+    history: list[zo.ZORound], explicit_seeds: bool,
+    buffers: Mapping[str, torch.Tensor] | None, model: Mapping[str, torch.Tensor] | None,
+) -> RecordDict:
+    """The downlink: config, the missed history, averaged buffers, and the model only to bootstrap."""
+    content = RecordDict(
+        {
+            CONFIG: ConfigRecord(
+                {
+                    SERVER_ROUND: server_round,
+                    ZO_TARGET_ROUND: target_round,
+                    ZO_SEED_BASE: seed_base,
+                    ZO_LR: lr,
+                }
+            ),
+            ZO_HISTORY: pack_zo_history(history, explicit_seeds),
+        }
+    )
+    if buffers:
+        content[ZO_BUFFERS] = pack_arrays(buffers)
+    if model is not None:
+        content[ZO_MODEL] = pack_arrays(model)
+    return content
+
+
+def unpack_zo_down(content: RecordDict) -> ZODownlink:
+    config = round_config(content)
+    arrays = content.array_records
+    return ZODownlink(
+        server_round=int(config[SERVER_ROUND]),  # type: ignore[arg-type]
+        target_round=int(config[ZO_TARGET_ROUND]),  # type: ignore[arg-type]
+        seed_base=int(config[ZO_SEED_BASE]),  # type: ignore[arg-type]
+        lr=float(config[ZO_LR]),  # type: ignore[arg-type]
+        history=unpack_zo_history(arrays[ZO_HISTORY]),
+        buffers=unpack_arrays(content, ZO_BUFFERS) if ZO_BUFFERS in arrays else None,
+        model=unpack_arrays(content, ZO_MODEL) if ZO_MODEL in arrays else None,
+    )
+
+
+def pack_zo_train_reply(
+    steps: list[zo.ZOStep], explicit_seeds: bool, buffers: Mapping[str, torch.Tensor] | None,
+    metrics: Mapping[str, float | int], partition_id: int, trainer: str, model: str,
+    label_counts: list[int],
+) -> RecordDict:
+    """``zo-steps`` (H·P scalars, float32; seeds only if the node drew its own), buffers, metrics."""
+    base = pack_train_reply(ArrayRecord(), metrics, partition_id, trainer, model, label_counts)
+    record = {_SCALARS: _arr(np.asarray([g for s in steps for g in s.grads], dtype=np.float32))}
+    if explicit_seeds:
+        record[_SEEDS] = _arr(np.asarray([x for s in steps for x in s.seeds], dtype=np.int64))
+    content = RecordDict({ZO_STEPS: ArrayRecord(record)})
+    if buffers:
+        content[ZO_BUFFERS] = pack_arrays(buffers)
+    content[METRICS] = base[METRICS]
+    content[CLIENT_INFO] = base[CLIENT_INFO]
+    return content
+
+
+def unpack_zo_steps(content: RecordDict) -> tuple[np.ndarray, np.ndarray | None]:
+    """A screened reply's scalars (N,) float32 and its seeds (N,) int64 (``None`` if implicit)."""
+    record = content.array_records[ZO_STEPS]
+    seeds = record[_SEEDS].numpy() if _SEEDS in record else None
+    return record[_SCALARS].numpy(), seeds
+
+
+def screen_zo_train_reply(
+    content: RecordDict, num_pairs: int, explicit_seeds: bool, buffers: ArrayRecord | None
+) -> str | None:
+    """Why a ``train.seeds`` reply must not be aggregated, or ``None`` when it is sound.
+
+    Checks: ``zo-steps`` with exactly ``num_pairs`` finite float32 scalars (and as
+    many int64 seeds when nodes draw their own), ``zo-buffers`` like the server's
+    when buffers are synced, no other arrays; metrics as for ``train``.
+    """
+    expected = {ZO_STEPS} | ({ZO_BUFFERS} if buffers else set())
+    if set(content.array_records) != expected:
+        return f"array records {sorted(content.array_records)} != {sorted(expected)}"
+    record = content.array_records[ZO_STEPS]
+    keys = [_SCALARS, _SEEDS] if explicit_seeds else [_SCALARS]
+    if sorted(record) != sorted(keys):
+        return f"{ZO_STEPS} keys {sorted(record)} != {sorted(keys)}"
+    for key, dtype in ((_SCALARS, "float32"), (_SEEDS, "int64")):
+        if key in record and (record[key].dtype != dtype or tuple(record[key].shape) != (num_pairs,)):
+            return (f"{ZO_STEPS}[{key!r}] is {record[key].dtype}{list(record[key].shape)}, "
+                    f"expected {dtype}[{num_pairs}]")
+    if not np.isfinite(record[_SCALARS].numpy()).all():
+        return f"{ZO_STEPS} has NaN/Inf scalars"
+    if buffers:
+        reason = _screen_arrays(content.array_records[ZO_BUFFERS], buffers)
+        if reason:
+            return f"{ZO_BUFFERS}: {reason}"
+    return _screen_metrics(content, TRAIN_METRICS)
+
+
+def load_zo_replica(state: RecordDict) -> tuple[dict[str, torch.Tensor], int] | None:
+    """This node's replica of the global model and the round it belongs to, if it has one."""
+    if ZO_REPLICA not in state.array_records:
+        return None
+    synced = int(state.config_records[ZO_SYNC]["round"])  # type: ignore[arg-type]
+    return unpack_arrays(state, ZO_REPLICA), synced
+
+
+def save_zo_replica(state: RecordDict, state_dict: Mapping[str, torch.Tensor], synced: int) -> None:
+    state[ZO_REPLICA] = pack_arrays(state_dict)
+    state[ZO_SYNC] = ConfigRecord({"round": synced})

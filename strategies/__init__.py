@@ -7,12 +7,14 @@ from collections.abc import Callable
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
 from strategies.screened import Accounting, RoundLedger, Screened
+from strategies.zo_seed import ZOSeed
 
 StrategyFactory = Callable[[AppConfig], Accounting]
 
 STRATEGIES: dict[str, StrategyFactory] = {
     "fedavg": build_fedavg,
     "fedprox": build_fedprox,
+    "zo-seed": ZOSeed.from_config,
 }
 
 

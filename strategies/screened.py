@@ -187,23 +187,34 @@ class Screened(Accounting):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = arrays
-        messages = self._sent(
+        return self._send_train(
             super().configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)  # type: ignore[misc]
         )
-        self.ledger.sampled = len(messages)
-        self._train_sent = len(messages)
+
+    def _send_train(self, messages: Iterable[Message]) -> list[Message]:
+        """Count the train messages about to go out and start the train phase's clock."""
+        out = self._sent(messages)
+        self.ledger.sampled = len(out)
+        self._train_sent = len(out)
         self._phase_start = time.perf_counter()
-        return messages
+        return out
+
+    def _accept_train(
+        self, replies: Iterable[Message], check: Callable[[RecordDict], str | None]
+    ) -> list[Message]:
+        """Stop the train phase's clock, screen the replies with ``check``, log labels, count."""
+        self.ledger.train_phase_s += time.perf_counter() - self._phase_start
+        accepted = self._screen(replies, self._train_sent, check)
+        self._log_labels_once(accepted)
+        self.ledger.clients = sum(not m.has_error() for m in accepted)
+        return accepted
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.ledger.train_phase_s += time.perf_counter() - self._phase_start
-        accepted = self._screen(
-            replies, self._train_sent, lambda c: records.screen_train_reply(c, self._reference)
+        accepted = self._accept_train(
+            replies, lambda c: records.screen_train_reply(c, self._reference)
         )
-        self._log_labels_once(accepted)
-        self.ledger.clients = sum(not m.has_error() for m in accepted)
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
         if arrays is not None:
             arrays = records.match_dtypes(arrays, self._reference)
@@ -212,12 +223,16 @@ class Screened(Accounting):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = self._sent(
+        return self._send_evaluate(
             super().configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid)  # type: ignore[misc]
         )
-        self._eval_sent = len(messages)
+
+    def _send_evaluate(self, messages: Iterable[Message]) -> list[Message]:
+        """Count the evaluate messages about to go out and start the evaluate phase's clock."""
+        out = self._sent(messages)
+        self._eval_sent = len(out)
         self._phase_start = time.perf_counter()
-        return messages
+        return out
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

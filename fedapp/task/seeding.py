@@ -14,6 +14,7 @@ PURPOSE_INIT = 1
 PURPOSE_DATA_ORDER = 2
 PURPOSE_SAMPLING = 3
 PURPOSE_FAULT = 4
+PURPOSE_ZO_STEP = 40  # ZO perturbation seeds (zo trainer, zo-seed); apart from other purposes
 
 
 def derive_seed(base: int, *parts: int) -> int:

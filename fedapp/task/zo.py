@@ -20,12 +20,15 @@ No Flower here: plain torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from fedapp.task.seeding import derive_seed
 
 Direction = Literal["gaussian", "sphere"]
 Estimator = Literal["central", "forward"]
@@ -199,3 +202,99 @@ def input_gradient_estimate(
     d = u[0, 0].numel()
     coeff = (losses.to(torch.float64) - float(base_loss)) / eps * (d / q) / n  # (q,)
     return torch.einsum("q,q...->...", coeff.to(u.dtype), u)
+
+
+# --- ZO-SGD steps as data: local updates, the server's aggregate and replay (SPEC §6.2-6.4) ---
+
+
+def trainable(model: nn.Module) -> list[Tensor]:
+    """The canonical parameter order of every ZO method: named, trainable parameters."""
+    return [p for _, p in model.named_parameters() if p.requires_grad]
+
+
+def decay_mask(params: Sequence[Tensor]) -> list[bool]:
+    """Which tensors take weight decay: weight matrices and kernels, never biases or norms (1-D)."""
+    return [p.dim() > 1 for p in params]
+
+
+def step_seeds(seed_base: int, step: int, num_directions: int, salt: int | None = None) -> list[int]:
+    """The P perturbation seeds s_{t,h,p} of local step h (SPEC §6.3).
+
+    ``seed_base`` is the round's base seed (the server hands it out), so with
+    ``salt=None`` every client uses the same seeds (``zo.seed-source = shared``);
+    a client-specific ``salt`` (its partition id) gives ``client`` seeds.
+    """
+    salts = () if salt is None else (salt,)
+    return [derive_seed(int(seed_base), step, p, *salts) for p in range(num_directions)]
+
+
+@dataclass(frozen=True, slots=True)
+class ZOStep:
+    """One ZO-SGD step, fully described by data (SPEC §6.2).
+
+    θ ← (1 − lr·λ)·θ on decayed tensors, then θ ← θ − lr·(c/P)·Σ_i g_i·v(s_i).
+    ``len(seeds)`` is P for one client's step, or a multiple of P when the
+    server stacks several clients' pre-weighted pairs (``seed-source = client``).
+    """
+
+    seeds: tuple[int, ...]
+    grads: tuple[float, ...]
+    lr: float
+    num_directions: int  # P, the estimator's divisor
+    weight_decay: float = 0.0  # λ
+
+
+@torch.no_grad()
+def apply_step_(
+    params: Sequence[Tensor], step: ZOStep, direction: Direction = "gaussian"
+) -> None:
+    """Apply one :class:`ZOStep` in place; local training and replay share this function."""
+    if step.weight_decay:
+        for p, decays in zip(params, decay_mask(params), strict=True):
+            if decays:
+                p.mul_(1.0 - step.lr * step.weight_decay)  # replays exactly: a pure scaling
+    if not step.seeds:
+        return
+    scale = step.lr * len(step.seeds) / step.num_directions  # sgd_step_ divides by len(seeds)
+    sgd_step_(params, step.seeds, step.grads, scale, direction)
+
+
+@torch.no_grad()
+def replay_(
+    params: Sequence[Tensor], steps: Iterable[ZOStep], direction: Direction = "gaussian"
+) -> int:
+    """θ ← Replay(θ, steps) in order (SPEC §6.4); returns the number of steps applied."""
+    count = 0
+    for step in steps:
+        apply_step_(params, step, direction)
+        count += 1
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class ZORound:
+    """One round of the ``zo-seed`` history: the server's aggregate steps θ^t → θ^{t+1} (SPEC §6.3)."""
+
+    round: int  # t
+    seed_base: int  # the base seed handed out for round t
+    steps: tuple[ZOStep, ...]  # H steps (none when no reply survived screening)
+
+
+@torch.no_grad()
+def replay_rounds_(
+    params: Sequence[Tensor], rounds: Iterable[ZORound], synced: int,
+    direction: Direction = "gaussian",
+) -> int:
+    """Catch a replica holding θ^synced up by replaying ``rounds`` (SPEC §6.4).
+
+    Rounds before ``synced`` are already in the replica and are skipped; the rest
+    must follow on without a gap. Returns the round whose model the replica now holds.
+    """
+    for entry in rounds:
+        if entry.round < synced:
+            continue
+        if entry.round != synced:
+            raise ValueError(f"replica holds round {synced} but the history resumes at {entry.round}")
+        replay_(params, entry.steps, direction)
+        synced += 1
+    return synced

@@ -1,0 +1,172 @@
+"""zo-seed through the in-process FakeGrid: scalars up, history down, replicas equal the server's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+
+from fakes import FakeGrid
+from fedapp import records
+from fedapp.client_app import app as client_app
+from fedapp.config import load_config
+from fedapp.results import read_rounds
+from fedapp.server_app import main
+from fedapp.task.models import build_model
+from strategies import build_strategy
+
+
+@pytest.fixture
+def zo_cfg(run_config: dict) -> dict:
+    return {
+        **run_config,
+        "strategy": "zo-seed",
+        "client.trainer": "zo",
+        "data.dataset": "digits",
+        "data.partition": "iid",
+        "num-server-rounds": 3,
+        "zo.local-steps": 4,
+        "zo.num-directions": 2,
+        "zo.lr": 1e-3,
+    }
+
+
+def run(cfg: dict, num_nodes: int = 3, app: Any = client_app, **kw: Any) -> tuple[FakeGrid, Path]:
+    grid = FakeGrid(app, cfg, num_nodes, **kw)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    return grid, Path(cfg["output-dir"]) / cfg["run-name"]
+
+
+def param_names(cfg: dict) -> set[str]:
+    from fedapp.task.data import load_server_test
+
+    app_cfg = load_config(cfg)
+    _, spec = load_server_test(app_cfg.data, app_cfg.seed)
+    return {n for n, _ in build_model(app_cfg.model.name, spec).named_parameters()}
+
+
+def assert_replicas_match_server(grid: FakeGrid, out: Path, nodes: list[int]) -> None:
+    server = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    for node in nodes:
+        replica, synced = records.load_zo_replica(grid.contexts[node].state)  # type: ignore[misc]
+        assert synced == 4  # holds θ^4: the model after round 3's aggregation
+        for key, value in server.items():
+            assert torch.equal(replica[key], value), (node, key)  # bitwise, same device type
+
+
+def no_parameter_crosses_the_wire(grid: FakeGrid, names: set[str]) -> None:
+    for msg in grid.sent + grid.received:
+        if msg.has_error():
+            continue
+        for key, record in msg.content.array_records.items():
+            assert key != records.ZO_MODEL, "bootstrap happened"
+            assert not (set(record) & names), (key, sorted(set(record) & names))
+
+
+def test_zo_seed_round_trip(zo_cfg: dict) -> None:
+    grid, out = run(zo_cfg)
+    rows = read_rounds(out)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert all((r["clients"], r["rejected"], r["failed"]) == (3, 0, 0) for r in rows[1:])
+    no_parameter_crosses_the_wire(grid, param_names(zo_cfg))
+    assert_replicas_match_server(grid, out, [100, 101, 102])
+    train = [m for m in grid.sent if m.metadata.message_type == records.TRAIN_SEEDS]
+    assert len(train) == 9
+    up = [m for m in grid.received if m.metadata.message_type == records.TRAIN_SEEDS]
+    assert all(records.unpack_zo_steps(m.content)[0].shape == (8,) for m in up)  # H·P scalars
+    assert all(r["bytes-up"] / 3 < 2048 for r in rows[1:])  # per client per round
+    metrics = [m.content[records.METRICS] for m in up]
+    assert all(m["backward-passes"] == 0 and m["forward-passes"] == 4 * 2 * 2 for m in metrics)
+    assert rows[-1]["loss"] != rows[0]["loss"]  # the replica moved (learning: test_zo_trainer)
+
+
+def test_missed_rounds_are_caught_up_by_replay(zo_cfg: dict) -> None:
+    # node 102 misses rounds 1-2 (train and evaluate): a late joiner, it replays from θ^1
+    late = lambda m: m.metadata.dst_node_id == 102 and records.round_config(m.content)[records.SERVER_ROUND] < 3
+    grid, out = run({**zo_cfg, "zo.seed-source": "client"}, drop=late)
+    rows = read_rounds(out)
+    assert [r["clients"] for r in rows[1:]] == [2, 2, 3]
+    history = [m for m in grid.sent if m.metadata.dst_node_id == 102
+               and m.metadata.message_type == records.TRAIN_SEEDS][-1]
+    assert [r.round for r in records.unpack_zo_history(history.content[records.ZO_HISTORY])] == [1, 2]
+    no_parameter_crosses_the_wire(grid, param_names(zo_cfg))
+    assert_replicas_match_server(grid, out, [100, 101, 102])
+
+
+def test_bootstrap_beyond_the_catch_up_limit(zo_cfg: dict) -> None:
+    late = lambda m: m.metadata.dst_node_id == 102 and records.round_config(m.content)[records.SERVER_ROUND] < 3
+    grid, out = run({**zo_cfg, "zo.catchup-max-rounds": 1}, drop=late)
+    boots = [m for m in grid.sent if records.ZO_MODEL in m.content.array_records]
+    assert boots and {m.metadata.dst_node_id for m in boots} == {102}
+    assert_replicas_match_server(grid, out, [100, 101, 102])
+
+
+def corrupting(kind: str) -> Any:
+    def app(msg: Message, ctx: Context) -> Message:
+        reply = client_app(msg, ctx)
+        if ctx.node_id == 101 and msg.metadata.message_type == records.TRAIN_SEEDS:
+            steps = reply.content[records.ZO_STEPS]
+            scalars = steps["scalars"].numpy().copy()
+            scalars = np.append(scalars, 1.0).astype(np.float32) if kind == "length" else scalars * np.nan
+            reply.content[records.ZO_STEPS] = ArrayRecord({"scalars": Array(scalars)})
+        return reply
+    return app
+
+
+@pytest.mark.parametrize("kind", ["nan", "length"])
+def test_bad_scalars_are_rejected_and_counted(zo_cfg: dict, kind: str) -> None:
+    grid, out = run({**zo_cfg, "num-server-rounds": 2}, app=corrupting(kind))
+    rows = read_rounds(out)
+    assert all((r["clients"], r["rejected"]) == (2, 1) for r in rows[1:])
+    assert np.isfinite([r["loss"] for r in rows]).all()
+
+
+def test_state_dict_rebuilds_the_model_by_replay(zo_cfg: dict) -> None:
+    _, out = run({**zo_cfg, "zo.weight-decay": 1e-2, "zo.direction": "sphere"})
+    saved = torch.load(out / "model.pt", weights_only=False)
+    assert saved["strategy"]["round"] == 4 and len(saved["strategy"]["history"]) == 3
+    fresh = build_strategy(load_config({**zo_cfg, "zo.weight-decay": 1e-2, "zo.direction": "sphere"}))
+    fresh.load_state_dict(saved["strategy"])  # type: ignore[attr-defined]
+    for key, value in fresh.model.state_dict().items():  # type: ignore[attr-defined]
+        assert torch.equal(value, saved["state_dict"][key]), key
+
+
+def test_mixed_fedavg_federation(run_config: dict) -> None:
+    cfg = {**run_config, "data.dataset": "digits", "data.partition": "iid", "num-server-rounds": 2,
+           "client.trainer": "mixed", "client.zo-fraction": 0.5, "client.lr": 0.1,
+           "client.local-epochs": 2, "zo.local-steps": 5, "zo.lr": 1e-3}
+    grid, out = run(cfg, num_nodes=4)
+    rows = read_rounds(out)
+    assert all(r["clients"] == 4 and r["rejected"] == 0 for r in rows[1:])
+    assert rows[-1]["accuracy"] > 0.3
+    kinds = {}
+    for m in grid.received:
+        if m.metadata.message_type == "train":
+            info, met = m.content[records.CLIENT_INFO], m.content[records.METRICS]
+            kinds[info[records.INFO_PARTITION]] = (info[records.INFO_TRAINER], met["backward-passes"])
+    assert kinds[0][0] == kinds[1][0] == "zo" and kinds[2][0] == kinds[3][0] == "fo"
+    assert kinds[0][1] == 0 and kinds[2][1] > 0
+
+
+def test_pretrained_start_reaches_each_node_once_by_bootstrap(zo_cfg: dict) -> None:
+    from flwr.app import ConfigRecord
+
+    from strategies.zo_seed import initial_model
+
+    strategy = build_strategy(load_config(zo_cfg))
+    pretrained = initial_model(strategy.cfg, strategy.spec)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        next(pretrained.parameters()).add_(0.1)  # not the shared-seed init any more
+    grid = FakeGrid(client_app, zo_cfg, 3)
+    strategy.start(grid=grid, initial_arrays=records.pack_arrays(pretrained.state_dict()),
+                   num_rounds=2, train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+    boots = [m.metadata.dst_node_id for m in grid.sent if records.ZO_MODEL in m.content.array_records]
+    assert sorted(boots) == [100, 101, 102]  # once per node, then replay only
+    server = strategy.model.state_dict()  # type: ignore[attr-defined]
+    for node in (100, 101, 102):
+        replica, _ = records.load_zo_replica(grid.contexts[node].state)  # type: ignore[misc]
+        assert all(torch.equal(replica[k], v) for k, v in server.items())
