@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
+from strategies.fedgen import build_fedgen
 from strategies.screened import RoundLedger, Screened
 
 StrategyFactory = Callable[[AppConfig], Screened]
@@ -13,6 +14,7 @@ StrategyFactory = Callable[[AppConfig], Screened]
 STRATEGIES: dict[str, StrategyFactory] = {
     "fedavg": build_fedavg,
     "fedprox": build_fedprox,
+    "fedgen": build_fedgen,
 }
 
 
