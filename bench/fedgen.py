@@ -19,6 +19,10 @@ Usage::
 
     python -m bench.fedgen --rounds 30 --out bench/results/fedgen.json
     python -m bench.fedgen --plot-only --out bench/results/fedgen.json
+
+On a shared machine the alphas may run as separate processes (``--alphas 0.1
+--out a.json`` and ``--alphas 1.0 --out b.json``), then ``--merge a.json b.json
+--out bench/results/fedgen.json`` combines them and draws the plot.
 """
 
 from __future__ import annotations
@@ -119,7 +123,8 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for alpha, by_strategy in results["summary"].items():
-        for strategy, s in by_strategy.items():
+        for strategy in (s for s in STRATEGIES if s in by_strategy):
+            s = by_strategy[strategy]
             lines.append(
                 f"| {alpha} | {strategy} | {100 * s['final-mean']:.2f} ± {100 * s['final-std']:.2f} "
                 f"| {100 * s['top5-mean']:.2f} ± {100 * s['top5-std']:.2f} | {s['s-per-round']:.2f} "
@@ -137,7 +142,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     alphas = list(results["curves"])
     fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4.2), squeeze=False)
     for ax, alpha in zip(axes[0], alphas, strict=True):
-        for strategy, curves in results["curves"][alpha].items():
+        for strategy in (s for s in STRATEGIES if s in results["curves"][alpha]):
+            curves = results["curves"][alpha][strategy]
             acc = 100 * np.array(curves)  # (seeds, rounds + 1)
             mean, std = acc.mean(axis=0), acc.std(axis=0)
             x = np.arange(acc.shape[1])
@@ -155,6 +161,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One result dict from files that each hold some alphas (runs split across processes)."""
+    import json
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    merged = {**parts[0], "summary": {}, "curves": {}, "wall-s": [p["wall-s"] for p in parts]}
+    for part in parts:
+        merged["summary"].update(part["summary"])
+        merged["curves"].update(part["curves"])
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -164,13 +182,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fedgen.json")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from --out")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="combine result files (e.g. one per alpha) into --out, then plot")
     args = parser.parse_args()
 
     png = args.out.with_suffix(".png")
-    if args.plot_only:
-        import json
-
-        results = json.loads(args.out.read_text())
+    if args.plot_only or args.merge:
+        results = merge([*args.merge] if args.merge else [args.out])
+        atomic_write_json(args.out, results)
         plot(results, png)
         print(table(results))
         return

@@ -55,19 +55,19 @@ class FedGenRegularizer:
         self.noise, self.synthetic = cfg.noise, cfg.synthetic_batch_size
         self.gen_ratio = cfg.synthetic_batch_size / batch_size  # official gen_ratio
         self.rng = torch_generator(seed)
-        self._batch: Tensor | None = None
-        self._latents: tuple[Tensor, Tensor, Tensor] = ()  # type: ignore[assignment]
+        self._batch: Tensor | None = None  # the minibatch the cached draws belong to
+        self._latents: tuple[Tensor, Tensor, Tensor] | None = None
 
     @torch.no_grad()
     def latents(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(z for y (B, p), y_hat (B_gen,), z for y_hat (B_gen, p)), fixed per minibatch."""
-        if self._batch is not x:
+        if self._batch is not x or self._latents is None:
             self._batch = x
             self.generator.to(x.device)
-            d = self.generator.noise_dim
-            y_hat = sample_labels(self.labels, self.synthetic, self.rng, x.device)  # (B_gen,)
+            d, n = self.generator.noise_dim, self.synthetic
+            y_hat = sample_labels(self.labels, n, self.rng, x.device)  # (B_gen,)
             z_y = self.generator(sample_noise(len(y), d, self.noise, self.rng, x.device), y)
-            z_hat = self.generator(sample_noise(self.synthetic, d, self.noise, self.rng, x.device), y_hat)
+            z_hat = self.generator(sample_noise(n, d, self.noise, self.rng, x.device), y_hat)
             self._latents = (z_y, y_hat, z_hat)
         return self._latents
 
