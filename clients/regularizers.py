@@ -94,7 +94,9 @@ def fedgen_loss(
     seed: int,
 ) -> LossFn:
     """Build G from the message's state dict and return the regularised objective."""
-    generator = LatentGenerator(num_classes, cfg.noise_dim, cfg.hidden_dim, latent_dim, cfg.embedding)
+    generator = LatentGenerator(
+        num_classes, cfg.noise_dim, cfg.hidden_dim, latent_dim, cfg.embedding
+    )
     generator.load_state_dict(rnd.generator)
     return FedGenRegularizer(generator, rnd, cfg, batch_size, seed)
 

@@ -171,7 +171,9 @@ FEDGEN_BETA = "fedgen-beta"
 FEDGEN_LABELS = "fedgen-labels"
 
 
-def fedgen_config(config: ConfigRecord, alpha: float, beta: float, labels: list[int]) -> ConfigRecord:
+def fedgen_config(
+    config: ConfigRecord, alpha: float, beta: float, labels: list[int]
+) -> ConfigRecord:
     """A copy of ``config`` with FedGen's alpha_t, beta_t and available labels."""
     return ConfigRecord(
         {**config, FEDGEN_ALPHA: alpha, FEDGEN_BETA: beta, FEDGEN_LABELS: list(labels)}

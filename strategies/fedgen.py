@@ -144,9 +144,10 @@ class FedGenAvg(FedAvg):
         f = self.fedgen
         plan = GeneratorPlan(f.generator_steps, f.generator_batch_size, f.noise,
                              f.teacher_weight, f.diversity_weight, f.student_weight)
+        noise = torch_generator(derive_seed(self.seed, PURPOSE_FEDGEN_SERVER, server_round))
+        heads = frozen_heads(self.template.head, states)
         self.last_losses = train_generator(
-            self.generator, self.optimizer, frozen_heads(self.template.head, states), weights,
-            qualified, plan, torch_generator(derive_seed(self.seed, PURPOSE_FEDGEN_SERVER, server_round)),
+            self.generator, self.optimizer, heads, weights, qualified, plan, noise,
             student=self._student(),
         )
         self.scheduler.step()
@@ -164,7 +165,8 @@ class FedGenAvg(FedAvg):
     def generator_state(self) -> dict[str, Any]:
         """G_w, its Adam state, lr schedule, round counter and seen labels (checkpoint)."""
         return {
-            "generator": {k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()},
+            "generator": {k: v.detach().cpu().clone() for k, v in
+                          self.generator.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
             "round": self.generator_rounds,
