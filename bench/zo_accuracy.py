@@ -1,6 +1,6 @@
 """Accuracy of zeroth-order federations: ZO fine-tuning, ZO from scratch, mixed FO/ZO.
 
-In-process federations (:mod:`bench.inproc`, the real strategies, ClientApp and
+In-process federations (:mod:`bench.inprocess`, the real strategies, ClientApp and
 RoundRecorder): the offline MNIST subset (4000 training images after the 20 %
 global test split), 10 clients on Dirichlet(0.5), 5 sampled per round, FedGen's
 MNIST CNN, 20 local steps of batch 32 per round for every trainer, accuracy on
@@ -36,7 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from bench.inproc import ROOT, defaults, run  # noqa: E402
+from bench.flwr_cli import ROOT  # noqa: E402
+from bench.inprocess import default_run_config, run_federation  # noqa: E402
 from clients.base import FitPlan  # noqa: E402
 from clients.fo import FirstOrderTrainer  # noqa: E402
 from fedapp.config import load_config  # noqa: E402
@@ -57,7 +58,7 @@ MIXED = {"strategy": "fedavg", "client.trainer": "mixed", "client.zo-fraction": 
 
 def pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
     """First-order pre-training on one IID tenth of the training pool (3 epochs, centrally)."""
-    cfg = load_config({**defaults(), "seed": seed, "data.partition": "iid"})
+    cfg = load_config({**default_run_config(), "seed": seed, "data.partition": "iid"})
     test, spec = load_server_test(cfg.data, cfg.seed)
     part = load_client_data(cfg.data, cfg.seed, 0, CLIENTS).train
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
@@ -70,7 +71,7 @@ def pretrain(seed: int) -> tuple[dict[str, torch.Tensor], float]:
 def curve(name: str, overrides: dict[str, Any], rounds: int, tmp: str, seed: int,
           initial: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rows = run({**COMMON, **overrides, "num-server-rounds": rounds, "seed": seed,
+    rows = run_federation({**COMMON, **overrides, "num-server-rounds": rounds, "seed": seed,
                 "output-dir": tmp, "run-name": name}, CLIENTS, initial)
     acc = [r["accuracy"] for r in rows]
     up = sum(r["bytes-up"] for r in rows)

@@ -1,6 +1,6 @@
 """Communication per client per round: FedAvg (weights) vs zo-seed (seeds and scalars).
 
-In-process federations (:mod:`bench.inproc`): 10 clients, Dirichlet(0.5) over
+In-process federations (:mod:`bench.inprocess`): 10 clients, Dirichlet(0.5) over
 the offline MNIST subset, FedGen's MNIST CNN, 20 local steps, client-side
 evaluation off (train traffic only), 3 rounds. Bytes come from the strategy's
 ledger (``bytes-up``/``bytes-down`` of ``metrics.jsonl``: the records actually
@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from bench.inproc import ROOT, run
+from bench.flwr_cli import ROOT
+from bench.inprocess import run_federation
 
 STEPS = 20
 COMMON = {"num-server-rounds": 3, "server.fraction-evaluate": 0.0, "client.local-steps": STEPS,
@@ -49,7 +50,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS:
-            rows = run({**COMMON, **overrides, "output-dir": tmp, "run-name": f"r{len(results)}"},
+            rows = run_federation({**COMMON, **overrides, "output-dir": tmp, "run-name": f"r{len(results)}"},
                        args.clients)
             steady = rows[2:]
             up = statistics.median(r["bytes-up"] / r["clients"] for r in steady)

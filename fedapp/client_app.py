@@ -13,7 +13,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import TRAINERS, FitPlan, FitStats, NodeSpec, ZerothOrderTrainer, plan_for, resolve_node
+from clients.base import LossFn, cross_entropy_loss
 from clients.faults import inject
+from clients.regularizers import LABEL_COUNTS, fedgen_loss
 from fedapp import records
 from fedapp.config import AppConfig, load_config, load_node_config
 from fedapp.task.data import ClientData, load_client_data
@@ -21,6 +23,7 @@ from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
 from fedapp.task.partition import label_histogram
 from fedapp.task import zo
+from fedapp.task.fedgen import PURPOSE_FEDGEN_CLIENT
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 app = ClientApp()
@@ -72,12 +75,25 @@ def _metrics(stats: FitStats) -> dict[str, float | int]:
     }
 
 
+def _loss_fn(
+    cfg: AppConfig, node: NodeSpec, msg: Message, plan: FitPlan, model: SplitModel, classes: int
+) -> LossFn:
+    """The plain objective, or FedGen's regularised one when the message carries a generator."""
+    rnd = records.unpack_fedgen(msg.content)
+    if rnd is None:
+        return cross_entropy_loss
+    seed = derive_seed(cfg.seed, PURPOSE_FEDGEN_CLIENT, plan.server_round, node.partition_id)
+    return fedgen_loss(rnd, cfg.fedgen, classes, model.latent_dim, plan.batch_size, seed)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local update with this node's trainer; reply weights, metrics and label counts."""
     cfg, node, data = _prepare(context)
     model = _model(node, data, msg)
-    stats = TRAINERS[node.trainer]().fit(model, data.train, _plan(cfg, node, msg), node.device)
+    plan = _plan(cfg, node, msg)
+    loss_fn = _loss_fn(cfg, node, msg, plan, model, data.spec.num_classes)
+    stats = TRAINERS[node.trainer]().fit(model, data.train, plan, node.device, loss_fn=loss_fn)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if cfg.client.faulty(node.partition_id):
         state = inject(cfg.client.fault, state)
@@ -87,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
         node.partition_id,
         node.trainer,
         node.model,
-        label_histogram(data.train.y, data.spec.num_classes),
+        LABEL_COUNTS[cfg.fedgen.label_counts](data.train, plan, data.spec.num_classes),
     )
     return Message(reply, reply_to=msg)
 

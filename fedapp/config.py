@@ -18,7 +18,7 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox", "zo-seed"]
+StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen"]
 TrainerName = Literal["fo", "zo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
@@ -39,6 +39,7 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "fedavg": frozenset({"fo", "zo", "mixed"}),
     "fedprox": frozenset({"fo", "zo", "mixed"}),
     "zo-seed": frozenset({"zo"}),
+    "fedgen": frozenset({"fo", "zo", "mixed"}),
 }
 
 
@@ -127,6 +128,8 @@ class TimeoutsConfig(Section):
             category, 0.0
         )
         return value or default
+
+
 class ZOConfig(Section):
     """Zeroth-order clients (SPEC §1, §6): MeZO-style seeded two-point estimates, ZO-SGD."""
 
@@ -144,6 +147,30 @@ class ZOConfig(Section):
     sync_buffers: bool  # zo-seed: average BatchNorm running statistics (no parameters)
 
 
+class FedGenConfig(Section):
+    """FedGen (Zhu, Hong, Zhou, ICML 2021); defaults are the official MNIST settings."""
+
+    noise_dim: int = Field(gt=0)  # generator noise eps
+    hidden_dim: int = Field(gt=0)  # generator hidden layer
+    embedding: bool  # Embedding(C, noise-dim) instead of one-hot labels
+    noise: Literal["gaussian", "uniform"]  # G1: N(0, I); official U[0, 1)
+    generator_steps: int = Field(ge=1)  # Adam steps per round (official 5 x 10)
+    generator_batch_size: int = Field(ge=2)  # B_g (BatchNorm needs 2+)
+    generator_lr: float = Field(gt=0)  # ensemble_lr
+    generator_weight_decay: float = Field(ge=0)
+    generator_lr_decay: float = Field(gt=0, le=1)  # ExponentialLR gamma, once per round
+    teacher_weight: float = Field(ge=0)  # alpha_e
+    diversity_weight: float = Field(ge=0)  # eta_e
+    student_weight: float = Field(ge=0)  # beta_e (adversarial student term; 0 = off)
+    alpha0: float = Field(ge=0)  # generative_alpha: CE on generated latents
+    beta0: float = Field(ge=0)  # generative_beta: latent KL (G3; 0 disables it)
+    regularizer_decay: float = Field(gt=0, le=1)  # alpha_t = max(floor, alpha0 decay^t)
+    regularizer_floor: float = Field(ge=0)
+    synthetic_batch_size: int = Field(ge=1)  # B_gen: generated latents per client step
+    label_counts: Literal["histogram", "round-draws"]  # G2
+    available_labels: Literal["from-counts", "all"]  # G6
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -159,6 +186,7 @@ class AppConfig(Section):
     fedprox: FedProxConfig
     timeouts: TimeoutsConfig
     zo: ZOConfig
+    fedgen: FedGenConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -19,6 +19,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedapp.task import zo
+from fedapp.task.fedgen import RegularizerRound
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -351,3 +352,42 @@ def load_zo_replica(state: RecordDict) -> tuple[dict[str, torch.Tensor], int] | 
 def save_zo_replica(state: RecordDict, state_dict: Mapping[str, torch.Tensor], synced: int) -> None:
     state[ZO_REPLICA] = pack_arrays(state_dict)
     state[ZO_SYNC] = ConfigRecord({"round": synced})
+# FedGen (Zhu, Hong, Zhou, ICML 2021, arXiv 2105.10056). From round 2 on, `train`
+# messages carry the server's latent generator next to the model, and the `config`
+# record carries the round's regularisation weights and the available labels.
+# Replies keep FedAvg's shape; label counts already travel in `client-info`.
+GENERATOR = "generator"
+FEDGEN_ALPHA = "fedgen-alpha"
+FEDGEN_BETA = "fedgen-beta"
+FEDGEN_LABELS = "fedgen-labels"
+
+
+def fedgen_config(
+    config: ConfigRecord, alpha: float, beta: float, labels: list[int]
+) -> ConfigRecord:
+    """A copy of ``config`` with FedGen's alpha_t, beta_t and available labels."""
+    return ConfigRecord(
+        {**config, FEDGEN_ALPHA: alpha, FEDGEN_BETA: beta, FEDGEN_LABELS: list(labels)}
+    )
+
+
+def unpack_fedgen(content: RecordDict) -> RegularizerRound | None:
+    """FedGen's regulariser inputs, or ``None`` when the message carries no generator."""
+    if GENERATOR not in content.array_records:
+        return None
+    config = round_config(content)
+    return RegularizerRound(
+        generator=unpack_arrays(content, GENERATOR),
+        alpha=float(config[FEDGEN_ALPHA]),  # type: ignore[arg-type]
+        beta=float(config[FEDGEN_BETA]),  # type: ignore[arg-type]
+        labels=tuple(int(y) for y in config[FEDGEN_LABELS]),  # type: ignore[union-attr]
+    )
+
+
+def label_counts(content: RecordDict) -> list[int] | None:
+    """The label counts of a train reply's ``client-info``, or ``None`` if malformed."""
+    info = content.config_records.get(CLIENT_INFO)
+    counts = None if info is None else info.get(INFO_LABEL_COUNTS)
+    if not isinstance(counts, list) or not all(isinstance(c, int) and c >= 0 for c in counts):
+        return None
+    return [int(c) for c in counts]

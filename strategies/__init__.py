@@ -8,6 +8,7 @@ from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
 from strategies.screened import Accounting, RoundLedger, Screened
 from strategies.zo_seed import ZOSeed
+from strategies.fedgen import build_fedgen
 
 StrategyFactory = Callable[[AppConfig], Accounting]
 
@@ -15,6 +16,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "fedavg": build_fedavg,
     "fedprox": build_fedprox,
     "zo-seed": ZOSeed.from_config,
+    "fedgen": build_fedgen,
 }
 
 

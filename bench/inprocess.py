@@ -1,0 +1,157 @@
+"""An in-process Grid that routes Messages straight into a ClientApp (tests and benchmarks).
+
+The one place that touches Flower internals (``TaskIdentity``), because a
+``Message`` cannot be built outside a runtime without it (PLATFORM.md §2).
+Running the real ServerApp ``main`` on this Grid exercises the whole app (config,
+strategy, screening, results) without Ray or network, one client at a time; the
+benchmarks use it for many-seed comparisons and ``tests/fakes.py`` re-exports it.
+
+:func:`default_run_config` and :func:`run_federation` are the benchmarks' entry
+points: one federated run in this process through the same strategy,
+:class:`fedapp.server_app.RoundRecorder` and ``metrics.jsonl`` as ``flwr run``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from bench.flwr_cli import ROOT
+
+TaskIdentity.run_id = 1
+TaskIdentity.node_id = 0
+TaskIdentity.task_id = 0
+
+ClientFn = Callable[[Message, Context], Message]
+
+
+class InProcessGrid(Grid):
+    """Nodes ``100 + i`` for partitions ``i``; every message and reply is recorded."""
+
+    def __init__(
+        self,
+        client_app: Any,
+        run_config: dict[str, Any],
+        num_nodes: int,
+        node_config: Callable[[int], dict[str, Any]] | None = None,
+        drop: Callable[[Message], bool] | None = None,
+        record: bool = True,
+    ) -> None:
+        self.client_app = client_app
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes}
+                | (node_config(i) if node_config else {}),
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i in range(num_nodes)
+        }
+        self.drop = drop or (lambda m: False)
+        self.record = record  # benchmarks switch it off: long runs would hold every model
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+
+    @property
+    def run(self) -> Any:  # pragma: no cover - not used by our strategies
+        raise NotImplementedError
+
+    def set_run(self, run_id: int) -> None:  # pragma: no cover
+        pass
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            if self.record:
+                self.sent.append(msg)
+            if self.drop(msg):
+                continue
+            ctx = self.contexts[msg.metadata.dst_node_id]
+            try:
+                reply = self.client_app(msg, ctx)
+            except Exception as exc:  # the runtime turns handler exceptions into error replies
+                reply = Message(error=Error(code=0, reason=str(exc)), reply_to=msg)
+            if self.record:
+                self.received.append(reply)
+            replies.append(reply)
+        return replies
+
+
+def default_run_config() -> dict[str, Any]:
+    """The flat run config of ``[tool.flwr.app.config]`` in pyproject.toml."""
+
+    def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in table.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return flat(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def run_federation(
+    overrides: dict[str, Any], num_nodes: int, initial: dict[str, torch.Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """One federated run in this process; returns its ``metrics.jsonl`` rows.
+
+    ``initial`` replaces the seeded initial model (fine-tuning from a pre-trained one).
+    """
+    from fedapp import records
+    from fedapp.client_app import app as client_app
+    from fedapp.config import load_config
+    from fedapp.results import ResultsWriter, read_rounds, run_dir
+    from fedapp.server_app import RoundRecorder
+    from fedapp.task.data import load_server_test
+    from fedapp.task.models import build_model
+    from fedapp.task.seeding import PURPOSE_INIT, derive_seed
+    from strategies import build_strategy
+
+    flat = {**default_run_config(), **overrides}
+    cfg = load_config(flat)
+    _, spec = load_server_test(cfg.data, cfg.seed)
+    model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
+    if initial is not None:
+        model.load_state_dict(initial)
+    strategy = build_strategy(cfg)
+    writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), {"config": flat})
+    strategy.start(
+        grid=InProcessGrid(client_app, flat, num_nodes, record=False),
+        initial_arrays=records.pack_arrays(model.state_dict()),
+        num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=RoundRecorder(cfg, strategy, writer, model),
+    )
+    return read_rounds(Path(writer.dir))
