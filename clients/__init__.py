@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from clients.base import FitPlan, FitStats, NodeSpec, Trainer
 from clients.fo import FirstOrderTrainer
+from clients.split import (
+    SplitFirstOrderTrainer,
+    SplitPlan,
+    SplitResult,
+    SplitTrainer,
+    SplitZerothOrderTrainer,
+)
 from fedapp.config import AppConfig, NodeConfig
 from fedapp.task.evaluate import resolve_device
 
-TRAINERS: dict[str, type[Trainer]] = {
+TRAINERS: dict[str, type[Trainer] | type[SplitTrainer]] = {
     "fo": FirstOrderTrainer,
+    "split-zo": SplitZerothOrderTrainer,
+    "split-fo": SplitFirstOrderTrainer,
 }
+
+
+def split_trainer(name: str) -> SplitTrainer:
+    """The split trainer registered as ``name`` (``split-zo``, ``split-fo``)."""
+    trainer = TRAINERS[name]()
+    if not hasattr(trainer, "fit_split"):
+        raise ValueError(f"trainer {name!r} does not train split models (train.split)")
+    return trainer  # type: ignore[return-value]
 
 
 def resolve_node(node: NodeConfig, cfg: AppConfig) -> NodeSpec:
@@ -24,4 +41,7 @@ def resolve_node(node: NodeConfig, cfg: AppConfig) -> NodeSpec:
     )
 
 
-__all__ = ["TRAINERS", "FitPlan", "FitStats", "NodeSpec", "Trainer", "resolve_node"]
+__all__ = [
+    "TRAINERS", "FitPlan", "FitStats", "NodeSpec", "SplitPlan", "SplitResult", "SplitTrainer",
+    "Trainer", "resolve_node", "split_trainer",
+]

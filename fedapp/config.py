@@ -18,13 +18,15 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox"]
-TrainerName = Literal["fo"]
+StrategyName = Literal["fedavg", "fedprox", "heron-sfl"]
+TrainerName = Literal["fo", "split-zo", "split-fo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
 ]
 PartitionName = Literal["iid", "dirichlet", "pathological"]
-ModelName = Literal["fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50"]
+ModelName = Literal[
+    "fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50", "resnet18-imagenet"
+]
 OptimizerName = Literal["sgd", "adam"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 FaultName = Literal["none", "nan", "shape", "raise"]
@@ -33,6 +35,7 @@ FaultName = Literal["none", "nan", "shape", "raise"]
 ACCEPTS: dict[str, frozenset[str]] = {
     "fedavg": frozenset({"fo"}),
     "fedprox": frozenset({"fo"}),
+    "heron-sfl": frozenset({"split-zo", "split-fo"}),
 }
 
 
@@ -106,6 +109,24 @@ class FedProxConfig(Section):
     mu: float = Field(ge=0)  # proximal weight; client adds mu/2 * ||w - w_global||^2
 
 
+class HeronConfig(Section):
+    """HERON-SFL and its first-order twin CSE-FSL (SPEC §4; decisions H1-H10)."""
+
+    cut_layer: int = Field(ge=0)  # layers in the client front-end θ_c; 0: the model's default
+    aux_pool: Literal["flatten", "avg"]  # aux head θ_a: Linear on flattened or pooled acts
+    local_steps: int = Field(ge=0)  # h; 0: one pass over the local data
+    upload_every: int = Field(ge=1)  # k: smashed data of every k-th local step go up
+    batch_size: int = Field(gt=0)  # B of local steps (uploads are batches of this size)
+    directions: int = Field(ge=1)  # P directions per ZO step (H3)
+    smoothing: float = Field(gt=0)  # μ (H2), quoted with `direction`
+    direction: Literal["sphere", "gaussian"]  # H1: sphere (factor d) or Gaussian (no factor)
+    estimator: Literal["forward", "central"]  # H4
+    bn: Literal["batchstats", "eval"]  # H6: BN mode of the client's ZO forwards
+    client_optimizer: Literal["adam", "sgd"]  # H8: on the ZO estimate or the FO gradient
+    client_lr: float = Field(gt=0)  # η_l
+    server_lr: float = Field(gt=0)  # η_s (Adam on the back-end θ_s)
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -118,6 +139,7 @@ class AppConfig(Section):
     model: ModelConfig
     client: ClientConfig
     fedprox: FedProxConfig
+    heron: HeronConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

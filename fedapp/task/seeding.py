@@ -14,6 +14,8 @@ PURPOSE_INIT = 1
 PURPOSE_DATA_ORDER = 2
 PURPOSE_SAMPLING = 3
 PURPOSE_FAULT = 4
+PURPOSE_SPLIT_DIRECTIONS = 16  # HERON-SFL client ZO directions
+PURPOSE_AUX_INIT = 17  # HERON-SFL auxiliary head initialisation
 
 
 def derive_seed(base: int, *parts: int) -> int:
