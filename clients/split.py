@@ -160,9 +160,12 @@ def _run(
 
 
 def _state_mb(local: nn.Module, extra: list[Tensor]) -> float:
-    tensors = [*local.parameters(), *local.buffers(), *extra]
-    grads = [p.grad for p in local.parameters() if p.grad is not None]
-    return tensor_mb([*tensors, *grads])
+    """MiB live when a step starts: parameters, buffers, optimizer state (``extra``).
+
+    Gradients of the previous FO step are left out: the step frees them first
+    (``zero_grad(set_to_none=True)``), before it allocates anything.
+    """
+    return tensor_mb([*local.parameters(), *local.buffers(), *extra])
 
 
 class SplitZerothOrderTrainer:
