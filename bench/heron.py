@@ -121,8 +121,8 @@ def round_bytes() -> dict[str, dict[str, int]]:
     n = uploads * batch
     up = records.pack_split_reply(
         front, aux, torch.zeros(n, *parts.cut_shape), torch.zeros(n, dtype=torch.int64),
-        [batch] * uploads, {key: 0 for key in records.SPLIT_METRICS}, 0, "split-zo",
-        "resnet18-imagenet", [0] * 10,
+        [batch] * uploads, {key: 0 for key in records.SPLIT_METRICS},
+        records.client_info(0, "split-zo", "resnet18-imagenet", [0] * 10),
     )
     full = records.pack_arrays(build_model("resnet18-imagenet", spec).state_dict())
     fedavg = records.content_bytes(RecordDict({records.ARRAYS: full, records.CONFIG: ConfigRecord()}))

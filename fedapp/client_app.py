@@ -144,7 +144,8 @@ def train_split(msg: Message, context: Context) -> Message:
         front = inject(cfg.client.fault, front)
     reply = records.pack_split_reply(
         front, parts.aux.state_dict(), out.acts, out.labels,
-        out.batch_sizes, _split_metrics(out), node.partition_id, node.trainer, node.model,
-        label_histogram(data.train.y, data.spec.num_classes),
+        out.batch_sizes, _split_metrics(out),
+        records.client_info(node.partition_id, node.trainer, node.model,
+                            label_histogram(data.train.y, data.spec.num_classes)),
     )
     return Message(reply, reply_to=msg)

@@ -56,6 +56,18 @@ def round_config(content: RecordDict) -> ConfigRecord:
     return content.config_records.get(CONFIG, ConfigRecord())
 
 
+def client_info(partition_id: int, trainer: str, model: str, label_counts: list[int]) -> ConfigRecord:
+    """Per-client facts that must not be averaged (a ConfigRecord, not metrics)."""
+    return ConfigRecord(
+        {
+            INFO_PARTITION: partition_id,
+            INFO_TRAINER: trainer,
+            INFO_MODEL: model,
+            INFO_LABEL_COUNTS: label_counts,
+        }
+    )
+
+
 def pack_train_reply(
     arrays: ArrayRecord,
     metrics: Mapping[str, float | int],
@@ -69,14 +81,7 @@ def pack_train_reply(
         {
             ARRAYS: arrays,
             METRICS: MetricRecord({k: metrics[k] for k in TRAIN_METRICS}),
-            CLIENT_INFO: ConfigRecord(
-                {
-                    INFO_PARTITION: partition_id,
-                    INFO_TRAINER: trainer,
-                    INFO_MODEL: model,
-                    INFO_LABEL_COUNTS: label_counts,
-                }
-            ),
+            CLIENT_INFO: client_info(partition_id, trainer, model, label_counts),
         }
     )
 
@@ -202,12 +207,12 @@ def pack_split_reply(
     labels: torch.Tensor,
     batch_sizes: list[int],
     metrics: Mapping[str, float | int],
-    partition_id: int,
-    trainer: str,
-    model: str,
-    label_counts: list[int],
+    info: ConfigRecord,
 ) -> RecordDict:
-    """Client -> server: θ_c, θ_a, the smashed batches, :data:`SPLIT_METRICS`, ``client-info``."""
+    """Client -> server: θ_c, θ_a, the smashed batches, :data:`SPLIT_METRICS`, ``client-info``.
+
+    ``info`` is :func:`client_info` of the replying node.
+    """
     return RecordDict(
         {
             FRONT: pack_arrays(front),
@@ -220,14 +225,7 @@ def pack_split_reply(
                 }
             ),
             METRICS: MetricRecord({k: metrics[k] for k in SPLIT_METRICS}),
-            CLIENT_INFO: ConfigRecord(
-                {
-                    INFO_PARTITION: partition_id,
-                    INFO_TRAINER: trainer,
-                    INFO_MODEL: model,
-                    INFO_LABEL_COUNTS: label_counts,
-                }
-            ),
+            CLIENT_INFO: info,
         }
     )
 

@@ -80,7 +80,7 @@ def fake_reply(pid: int, cut_shape: tuple[int, ...], strategy: HeronSFL) -> Reco
     metrics = {k: 1 for k in records.SPLIT_METRICS}
     return records.pack_split_reply(
         strategy.parts.front.state_dict(), strategy.parts.aux.state_dict(), acts, labels,
-        [10, 10], metrics, pid, "split-zo", "fedgen-cnn", [2] * 10,
+        [10, 10], metrics, records.client_info(pid, "split-zo", "fedgen-cnn", [2] * 10),
     )
 
 
@@ -141,7 +141,8 @@ def test_bad_activations_are_screened(heron: dict[str, Any], mutate: Any, reason
     acts, labels = mutate(torch.zeros(4, *s.parts.cut_shape), torch.zeros(4, dtype=torch.int64))
     content = records.pack_split_reply(
         s.parts.front.state_dict(), s.parts.aux.state_dict(), acts, labels, [4],
-        {k: 1 for k in records.SPLIT_METRICS}, 0, "split-zo", "fedgen-cnn", [1] * 10,
+        {k: 1 for k in records.SPLIT_METRICS},
+        records.client_info(0, "split-zo", "fedgen-cnn", [1] * 10),
     )
     if acts.dtype == torch.float64:  # pack_split_reply casts; forge the wire dtype directly
         content.array_records[records.ACTIVATIONS][records.ACTS] = Array(acts.numpy())
