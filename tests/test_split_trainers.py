@@ -116,3 +116,25 @@ def test_split_trainers_are_registered_and_fo_is_not_a_split_trainer() -> None:
     assert {"split-zo", "split-fo"} <= set(TRAINERS)
     with pytest.raises(ValueError, match="does not train split models"):
         split_trainer("fo")
+
+
+@pytest.mark.parametrize(
+    ("options", "forwards"),
+    [
+        # central: 2P forwards a step, plus one clean forward on each upload step (0, 5)
+        ({"estimator": "central", "directions": 2}, 10 * 4 + 2),
+        ({"direction": "gaussian", "smoothing": 1e-2, "optimizer": "sgd", "lr": 1e-4}, 10 * 2),
+        ({"bn": "eval", "directions": 3}, 10 * 4),
+    ],
+)
+def test_zo_options_run_and_count_their_forwards(options: dict[str, object], forwards: int) -> None:
+    parts, data = build_split("fedgen-cnn", ImageSpec(1, 4, 4, 2), seed=0), toy_data()
+    bn = parts.front.chain[1]
+    running_mean = bn.running_mean.clone()
+    out = SplitZerothOrderTrainer().fit_split(
+        parts.front, parts.aux, data, plan(local_steps=10, batch_size=16, **options), CPU
+    )
+    assert (out.stats.forward_passes, out.stats.backward_passes) == (forwards, 0)
+    assert all(torch.isfinite(p).all() for p in parts.local().parameters())
+    moved = not torch.equal(bn.running_mean, running_mean)
+    assert moved == (options.get("bn") != "eval")  # eval mode never touches running stats
