@@ -59,6 +59,7 @@ CURVES_JSON = RESULTS / "heron_curves.json"
 FIGURE = ROOT / "bench" / "figures" / "heron.png"
 METHODS = ("heron", "cse-fsl", "fedavg")
 LABELS = {"heron": "HERON-SFL (split-zo)", "cse-fsl": "CSE-FSL (split-fo)", "fedavg": "FedAvg-FO"}
+COLORS = {"heron": "tab:blue", "cse-fsl": "tab:orange", "fedavg": "tab:green"}
 PAPER = {"heron": (259.44, 39.90), "cse-fsl": (726.46, 59.85)}  # MB, GFLOPs per update
 
 
@@ -246,7 +247,8 @@ def report() -> None:
         cu = json.loads(CURVES_JSON.read_text())
         lines.append("\n| method | final accuracy | best | first round >= 0.8 | >= 0.9 | final aux-acc | run s |")
         lines.append("|---|---|---|---|---|---|---|")
-        for m, run in cu["runs"].items():
+        for m in (m for m in METHODS if m in cu["runs"]):
+            run = cu["runs"][m]
             rows = run["rows"]
             lines.append(
                 f"| {LABELS[m]} | {rows[-1]['accuracy']:.4f} | {max(r['accuracy'] for r in rows):.4f} | "
@@ -266,13 +268,13 @@ def plot() -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if CURVES_JSON.is_file():
         cu = json.loads(CURVES_JSON.read_text())
-        for m, run in cu["runs"].items():
-            rows = run["rows"]
-            line = axes[0].plot([r["round"] for r in rows], [r["accuracy"] for r in rows],
-                                label=LABELS[m])[0]
+        for m in (m for m in METHODS if m in cu["runs"]):
+            rows = cu["runs"][m]["rows"]
+            axes[0].plot([r["round"] for r in rows], [r["accuracy"] for r in rows],
+                         color=COLORS[m], label=LABELS[m])
             if "aux-acc" in rows[-1]:
                 axes[0].plot([r["round"] for r in rows[1:]], [r["aux-acc"] for r in rows[1:]],
-                             ls=":", color=line.get_color(), label=f"{LABELS[m]} aux head")
+                             ls=":", color=COLORS[m], label=f"{LABELS[m]} aux head")
         axes[0].set(xlabel="round", ylabel="test accuracy (front + back)", ylim=(0, 1),
                     title="mnist-offline, fedgen-cnn, 5 IID clients")
         axes[0].legend(fontsize=7)
@@ -282,8 +284,8 @@ def plot() -> None:
         for i, m in enumerate(METHODS):
             mem = [med[f"{m}@{b}"]["peak-mem-mb"] for b in (256, 64)]
             fl = [med[f"{m}@{b}"]["flops"] / 1e9 for b in (256, 64)]
-            axes[1].bar(x + 0.27 * (i - 1), mem, 0.27, label=LABELS[m])
-            axes[2].bar(x + 0.27 * (i - 1), fl, 0.27, label=LABELS[m])
+            axes[1].bar(x + 0.27 * (i - 1), mem, 0.27, color=COLORS[m], label=LABELS[m])
+            axes[2].bar(x + 0.27 * (i - 1), fl, 0.27, color=COLORS[m], label=LABELS[m])
         for ax, what in ((axes[1], "client peak memory / step (MiB)"),
                          (axes[2], "client GFLOPs / step")):
             ax.set(xticks=x, xticklabels=["B=256", "B=64"], ylabel=what,
