@@ -10,7 +10,15 @@ import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import TRAINERS, FitPlan, NodeSpec, SplitPlan, SplitResult, resolve_node, split_trainer
+from clients import (
+    TRAINERS,
+    FitPlan,
+    NodeSpec,
+    SplitPlan,
+    SplitResult,
+    resolve_node,
+    split_trainer,
+)
 from clients.faults import inject
 from fedapp import records
 from fedapp.config import AppConfig, load_config, load_node_config

@@ -15,7 +15,7 @@ from fedapp.client_app import app as client_app
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from strategies import STRATEGIES, build_strategy
-from fedapp.config import load_config
+from fedapp.config import ACCEPTS, load_config
 
 
 def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[FakeGrid, Path]:
@@ -38,7 +38,8 @@ def small(run_config: dict) -> dict:
 
 def test_registry_builds_every_strategy(run_config: dict) -> None:
     for name in STRATEGIES:
-        cfg = load_config({**run_config, "strategy": name})
+        trainer = min(ACCEPTS[name])  # a trainer this strategy can drive
+        cfg = load_config({**run_config, "strategy": name, "client.trainer": trainer})
         assert build_strategy(cfg) is not None
 
 
