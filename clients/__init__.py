@@ -6,13 +6,22 @@ from collections.abc import Callable
 
 from clients.base import FitPlan, FitStats, NodeSpec, Trainer
 from clients.fo import FirstOrderTrainer
+from clients.split import (
+    SplitFirstOrderTrainer,
+    SplitPlan,
+    SplitResult,
+    SplitTrainer,
+    SplitZerothOrderTrainer,
+)
 from clients.zo import ZerothOrderTrainer, ZOPlan, zo_plan
 from fedapp.config import AppConfig, NodeConfig
 from fedapp.task.evaluate import resolve_device
 
-TRAINERS: dict[str, type[Trainer]] = {
+TRAINERS: dict[str, type[Trainer] | type[SplitTrainer]] = {
     "fo": FirstOrderTrainer,
     "zo": ZerothOrderTrainer,
+    "split-zo": SplitZerothOrderTrainer,
+    "split-fo": SplitFirstOrderTrainer,
 }
 
 #: Trainers whose plan extends the FO-shaped :class:`FitPlan`: (plan, cfg, partition id) -> plan.
@@ -24,6 +33,14 @@ PLANS: dict[str, Callable[[FitPlan, AppConfig, int], FitPlan]] = {
 def mixed_trainer(partition_id: int, num_partitions: int, zo_fraction: float) -> str:
     """``client.trainer = "mixed"``: the lowest ``round(zo_fraction * n)`` partition ids run ``zo``."""
     return "zo" if partition_id < round(zo_fraction * num_partitions) else "fo"
+
+
+def split_trainer(name: str) -> SplitTrainer:
+    """The split trainer registered as ``name`` (``split-zo``, ``split-fo``)."""
+    trainer = TRAINERS[name]()
+    if not hasattr(trainer, "fit_split"):
+        raise ValueError(f"trainer {name!r} does not train split models (train.split)")
+    return trainer  # type: ignore[return-value]
 
 
 def resolve_node(node: NodeConfig, cfg: AppConfig) -> NodeSpec:
@@ -59,4 +76,8 @@ __all__ = [
     "mixed_trainer",
     "plan_for",
     "resolve_node",
+    "SplitPlan",
+    "SplitResult",
+    "SplitTrainer",
+    "split_trainer",
 ]

@@ -18,13 +18,15 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen"]
-TrainerName = Literal["fo", "zo"]
+StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl"]
+TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
 ]
 PartitionName = Literal["iid", "dirichlet", "pathological"]
-ModelName = Literal["fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50"]
+ModelName = Literal[
+    "fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50", "resnet18-imagenet"
+]
 OptimizerName = Literal["sgd", "adam"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 FaultName = Literal["none", "nan", "shape", "raise"]
@@ -40,6 +42,7 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "fedprox": frozenset({"fo", "zo", "mixed"}),
     "zo-seed": frozenset({"zo"}),
     "fedgen": frozenset({"fo", "zo", "mixed"}),
+    "heron-sfl": frozenset({"split-zo", "split-fo"}),
 }
 
 
@@ -171,6 +174,24 @@ class FedGenConfig(Section):
     available_labels: Literal["from-counts", "all"]  # G6
 
 
+class HeronConfig(Section):
+    """HERON-SFL and its first-order twin CSE-FSL (SPEC §4; decisions H1-H10)."""
+
+    cut_layer: int = Field(ge=0)  # layers in the client front-end θ_c; 0: the model's default
+    aux_pool: Literal["flatten", "avg"]  # aux head θ_a: Linear on flattened or pooled acts
+    local_steps: int = Field(ge=0)  # h; 0: one pass over the local data
+    upload_every: int = Field(ge=1)  # k: smashed data of every k-th local step go up
+    batch_size: int = Field(gt=0)  # B of local steps (uploads are batches of this size)
+    directions: int = Field(ge=1)  # P directions per ZO step (H3)
+    smoothing: float = Field(gt=0)  # μ (H2), quoted with `direction`
+    direction: Literal["sphere", "gaussian"]  # H1: sphere (factor d) or Gaussian (no factor)
+    estimator: Literal["forward", "central"]  # H4
+    bn: Literal["batchstats", "eval"]  # H6: BN mode of the client's ZO forwards
+    client_optimizer: Literal["adam", "sgd"]  # H8: on the ZO estimate or the FO gradient
+    client_lr: float = Field(gt=0)  # η_l
+    server_lr: float = Field(gt=0)  # η_s (Adam on the back-end θ_s)
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -187,6 +208,7 @@ class AppConfig(Section):
     timeouts: TimeoutsConfig
     zo: ZOConfig
     fedgen: FedGenConfig
+    heron: HeronConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -60,6 +60,18 @@ def round_config(content: RecordDict) -> ConfigRecord:
     return content.config_records.get(CONFIG, ConfigRecord())
 
 
+def client_info(partition_id: int, trainer: str, model: str, label_counts: list[int]) -> ConfigRecord:
+    """Per-client facts that must not be averaged (a ConfigRecord, not metrics)."""
+    return ConfigRecord(
+        {
+            INFO_PARTITION: partition_id,
+            INFO_TRAINER: trainer,
+            INFO_MODEL: model,
+            INFO_LABEL_COUNTS: label_counts,
+        }
+    )
+
+
 def pack_train_reply(
     arrays: ArrayRecord,
     metrics: Mapping[str, float | int],
@@ -73,14 +85,7 @@ def pack_train_reply(
         {
             ARRAYS: arrays,
             METRICS: MetricRecord({k: metrics[k] for k in TRAIN_METRICS}),
-            CLIENT_INFO: ConfigRecord(
-                {
-                    INFO_PARTITION: partition_id,
-                    INFO_TRAINER: trainer,
-                    INFO_MODEL: model,
-                    INFO_LABEL_COUNTS: label_counts,
-                }
-            ),
+            CLIENT_INFO: client_info(partition_id, trainer, model, label_counts),
         }
     )
 
@@ -149,18 +154,18 @@ def screen_train_reply(content: RecordDict, reference: ArrayRecord) -> str | Non
     )
 
 
-def _screen_arrays(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
+def _screen_arrays(arrays: ArrayRecord, reference: ArrayRecord, name: str = "array") -> str | None:
     """Keys, shapes and dtypes as in ``reference``, floating values finite."""
     if list(arrays) != list(reference):
         missing, extra = set(reference) - set(arrays), set(arrays) - set(reference)
-        return f"array keys differ (missing {sorted(missing)}, unexpected {sorted(extra)})"
+        return f"{name} keys differ (missing {sorted(missing)}, unexpected {sorted(extra)})"
     for key, ref in reference.items():
         arr = arrays[key]
         if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
-            return f"array {key!r} is {arr.dtype}{list(arr.shape)}, expected {ref.dtype}{list(ref.shape)}"
+            return f"{name} {key!r} is {arr.dtype}{list(arr.shape)}, expected {ref.dtype}{list(ref.shape)}"
         values = arr.numpy()
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            return f"array {key!r} has NaN/Inf values"
+            return f"{name} {key!r} has NaN/Inf values"
     return None
 
 
@@ -335,9 +340,9 @@ def screen_zo_train_reply(
     if not np.isfinite(record[_SCALARS].numpy()).all():
         return f"{ZO_STEPS} has NaN/Inf scalars"
     if buffers:
-        reason = _screen_arrays(content.array_records[ZO_BUFFERS], buffers)
+        reason = _screen_arrays(content.array_records[ZO_BUFFERS], buffers, ZO_BUFFERS)
         if reason:
-            return f"{ZO_BUFFERS}: {reason}"
+            return reason
     return _screen_metrics(content, TRAIN_METRICS)
 
 
@@ -352,6 +357,10 @@ def load_zo_replica(state: RecordDict) -> tuple[dict[str, torch.Tensor], int] | 
 def save_zo_replica(state: RecordDict, state_dict: Mapping[str, torch.Tensor], synced: int) -> None:
     state[ZO_REPLICA] = pack_arrays(state_dict)
     state[ZO_SYNC] = ConfigRecord({"round": synced})
+
+
+# --- FedGen: the generator rides on `train` from round 2 ---
+
 # FedGen (Zhu, Hong, Zhou, ICML 2021, arXiv 2105.10056). From round 2 on, `train`
 # messages carry the server's latent generator next to the model, and the `config`
 # record carries the round's regularisation weights and the available labels.
@@ -391,3 +400,132 @@ def label_counts(content: RecordDict) -> list[int] | None:
     if not isinstance(counts, list) or not all(isinstance(c, int) and c >= 0 for c in counts):
         return None
     return [int(c) for c in counts]
+
+
+# --- HERON-SFL / CSE-FSL: the split wire (train.split) ---
+
+TRAIN_SPLIT = "train.split"
+FRONT = "front"  # θ_c: client front-end state dict (keys of the full model)
+AUX = "aux"  # θ_a: client auxiliary head state dict
+ACTIVATIONS = "activations"  # smashed data of every k-th local step
+ACTS = "acts"  # (N, *cut) float32: the U uploaded batches, concatenated
+LABELS = "labels"  # (N,) int64
+BATCH_SIZES = "batch-sizes"  # (U,) int64, summing to N
+LOCAL_STEPS = "local-steps"  # h
+UPLOAD_EVERY = "upload-every"  # k
+SMOOTHING = "smoothing"  # μ
+LR = "lr"  # η_l
+
+SPLIT_METRICS = (*TRAIN_METRICS, "steps", "step-flops", "step-peak-mem-mb", "uploads")
+
+
+def pack_split_config(
+    server_round: int, local_steps: int, upload_every: int, smoothing: float, lr: float
+) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            SERVER_ROUND: server_round,
+            LOCAL_STEPS: local_steps,
+            UPLOAD_EVERY: upload_every,
+            SMOOTHING: smoothing,
+            LR: lr,
+        }
+    )
+
+
+def pack_split_message(
+    front: Mapping[str, torch.Tensor], aux: Mapping[str, torch.Tensor], config: ConfigRecord
+) -> RecordDict:
+    """Server -> client: θ_c, θ_a and the round config; never gradients or activations."""
+    return RecordDict({FRONT: pack_arrays(front), AUX: pack_arrays(aux), CONFIG: config})
+
+
+def unpack_split_message(content: RecordDict) -> tuple[
+    dict[str, torch.Tensor], dict[str, torch.Tensor], ConfigRecord
+]:
+    return unpack_arrays(content, FRONT), unpack_arrays(content, AUX), round_config(content)
+
+
+def pack_split_reply(
+    front: Mapping[str, torch.Tensor],
+    aux: Mapping[str, torch.Tensor],
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    batch_sizes: list[int],
+    metrics: Mapping[str, float | int],
+    info: ConfigRecord,
+) -> RecordDict:
+    """Client -> server: θ_c, θ_a, the smashed batches, :data:`SPLIT_METRICS`, ``client-info``.
+
+    ``info`` is :func:`client_info` of the replying node.
+    """
+    return RecordDict(
+        {
+            FRONT: pack_arrays(front),
+            AUX: pack_arrays(aux),
+            ACTIVATIONS: ArrayRecord(
+                {
+                    ACTS: acts.detach().cpu().float(),
+                    LABELS: labels.detach().cpu().long(),
+                    BATCH_SIZES: torch.tensor(batch_sizes, dtype=torch.int64),
+                }
+            ),
+            METRICS: MetricRecord({k: metrics[k] for k in SPLIT_METRICS}),
+            CLIENT_INFO: info,
+        }
+    )
+
+
+def unpack_activations(content: RecordDict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The uploaded smashed batches as ``(acts (B_u, *cut), labels (B_u,))`` pairs, in order."""
+    record = content.array_records[ACTIVATIONS]
+    acts, labels = (torch.from_numpy(record[k].numpy()) for k in (ACTS, LABELS))
+    sizes = [int(s) for s in record[BATCH_SIZES].numpy()]
+    return list(zip(acts.split(sizes), labels.split(sizes), strict=True))
+
+
+def split_reply_info(content: RecordDict) -> tuple[int, list[int]]:
+    """``(partition id, label counts)`` of a split reply."""
+    info = content.config_records[CLIENT_INFO]
+    return int(info[INFO_PARTITION]), [int(c) for c in info[INFO_LABEL_COUNTS]]  # type: ignore[arg-type, union-attr]
+
+
+def _screen_activations(record: ArrayRecord, cut_shape: tuple[int, ...], num_classes: int) -> str | None:
+    if set(record) != {ACTS, LABELS, BATCH_SIZES}:
+        return f"activation keys {sorted(record)} != {sorted([ACTS, LABELS, BATCH_SIZES])}"
+    acts, labels, sizes = (record[k].numpy() for k in (ACTS, LABELS, BATCH_SIZES))
+    if acts.dtype != np.float32 or tuple(acts.shape[1:]) != cut_shape:
+        return f"acts are {acts.dtype}{list(acts.shape)}, expected float32[N, {', '.join(map(str, cut_shape))}]"
+    if not np.isfinite(acts).all():
+        return "acts have NaN/Inf values"
+    if labels.dtype != np.int64 or labels.shape != (len(acts),):
+        return f"labels are {labels.dtype}{list(labels.shape)}, expected int64[{len(acts)}]"
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        return f"labels outside [0, {num_classes})"
+    if sizes.dtype != np.int64 or sizes.ndim != 1 or (sizes <= 0).any() or sizes.sum() != len(acts):
+        return f"batch-sizes {sizes.tolist()} do not split {len(acts)} activations"
+    return None
+
+
+def screen_split_reply(
+    content: RecordDict, front: ArrayRecord, aux: ArrayRecord, cut_shape: tuple[int, ...],
+    num_classes: int,
+) -> str | None:
+    """Why a ``train.split`` reply must not be used, or ``None`` when it is sound.
+
+    Checks: exactly the ``front``, ``aux`` and ``activations`` ArrayRecords;
+    front and aux with the sent keys, shapes and dtypes, all finite; activations
+    float32 (N, *cut_shape) and finite, labels int64 (N,) in [0, C), batch sizes
+    positive and summing to N; metrics exactly :data:`SPLIT_METRICS`, finite.
+    """
+    expected = {FRONT, AUX, ACTIVATIONS}
+    if set(content.array_records) != expected:
+        return f"array records {sorted(content.array_records)} != {sorted(expected)}"
+    for name, ref in ((FRONT, front), (AUX, aux)):
+        reason = _screen_arrays(content.array_records[name], ref, name)
+        if reason is not None:
+            return reason
+    reason = _screen_activations(content.array_records[ACTIVATIONS], cut_shape, num_classes)
+    if reason is not None:
+        return reason
+    return _screen_metrics(content, SPLIT_METRICS)

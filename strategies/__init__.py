@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
+from strategies.heron import HeronSFL
 from strategies.screened import Accounting, RoundLedger, Screened
-from strategies.zo_seed import ZOSeed
 from strategies.fedgen import build_fedgen
+from strategies.zo_seed import ZOSeed
 
 StrategyFactory = Callable[[AppConfig], Accounting]
 
@@ -17,6 +18,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "fedprox": build_fedprox,
     "zo-seed": ZOSeed.from_config,
     "fedgen": build_fedgen,
+    "heron-sfl": HeronSFL.from_config,
 }
 
 

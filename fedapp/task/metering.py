@@ -10,10 +10,12 @@ reset is not permitted the value is the process-lifetime peak, and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -67,3 +69,58 @@ class Meter:
         else:
             self.peak_mem_mb = _cpu_peak_mb()
         self.seconds = time.perf_counter() - self._t0
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """FLOPs and peak memory of one local step (SPEC §7.3)."""
+
+    flops: int  # torch.utils.flop_counter.FlopCounterMode total (matmuls and convolutions)
+    peak_mem_mb: float  # live tensor memory at the step's peak, MiB
+    scope: str  # "cuda-allocator" or "cpu-profiler"
+
+
+def tensor_mb(tensors: Iterable[torch.Tensor]) -> float:
+    """MiB held by ``tensors`` (parameters, buffers, optimizer state, a batch)."""
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def _profiled_peak_bytes(prof: torch.profiler.profile) -> int:
+    """Highest running sum of CPU allocations minus frees over the profiled block."""
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
+    records = [
+        (ev.start_ns(), ev.nbytes())  # nbytes < 0 for a free
+        for ev in prof.profiler.kineto_results.events()
+        if ev.name() == "[memory]"
+    ]
+    running = peak = 0
+    for _, delta in sorted(records, key=lambda r: r[0]):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def step_cost(step: Callable[[], object], device: torch.device, resident_mb: float) -> StepCost:
+    """Run ``step`` once and measure its FLOPs and peak memory, the same way for every trainer.
+
+    CUDA: the allocator's peak after a reset (everything live on the device).
+    CPU: ``resident_mb`` (what lives before the step: parameters, buffers,
+    optimizer state, the batch) plus the PyTorch profiler's peak of the step's
+    own allocations net of frees, SPEC §7.3's "profiler memory accounting".
+    FLOPs come from ``FlopCounterMode``, which counts matrix multiplications and
+    convolutions (forward and backward), not element-wise ops or RNG.
+    """
+    with FlopCounterMode(display=False) as counter:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            torch.cuda.synchronize(device)
+            peak, scope = torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocator"
+        else:
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            ) as prof:
+                step()
+            peak, scope = resident_mb + _profiled_peak_bytes(prof) / 2**20, "cpu-profiler"
+    return StepCost(int(counter.get_total_flops()), peak, scope)

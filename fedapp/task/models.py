@@ -12,6 +12,10 @@ and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
 - ``mlp``: one hidden layer; for tiny tests and sanity runs.
 - ``resnet18/34/50``: CIFAR-style ResNets (He et al., 2016) with a 3x3 stride-1
   stem and no max-pool, written here without torchvision.
+- ``resnet18-imagenet``: ResNet-18 with the ImageNet stem (7x7 s2 conv, max-pool)
+  arranged as HERON-SFL's client front (SPEC §4.4, [INFERRED]): the first 3x3
+  conv + BN + ReLU of stage 1 belongs to the stem, and the residual it skips
+  starts at its output, so no skip connection crosses the default cut.
 """
 
 from __future__ import annotations
@@ -181,6 +185,55 @@ class ResNet(SplitModel):
         self.latent_dim = c_in
 
 
+class HalfBlock(nn.Module):
+    """The rest of ResNet-18's first basic block once its first conv moved into the stem.
+
+    ``relu(bn(conv(h)) + h)``: the identity starts at the cut output h (SPEC §4.4).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + x)
+
+
+class ResNet18ImageNet(SplitModel):
+    """ResNet-18 with the ImageNet stem, cut-friendly for HERON-SFL (SPEC §4.4).
+
+    Layers 0-6 are the paper's client front: conv7x7 s2 (3->64), BN, ReLU,
+    max-pool 3 s2, conv3x3 64->64, BN, ReLU (46,528 parameters; 64x8x8 on
+    32x32 inputs). Then :class:`HalfBlock`, one more 64-wide basic block,
+    stages 2-4 of ResNet-18, global average pool and a linear head: still 17
+    convolutions and one linear layer.
+    """
+
+    def __init__(self, spec: ImageSpec) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(spec.channels, 64, 7, 2, 3, bias=False),  # (B, 64, H/2, W/2)
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),  # (B, 64, H/4, W/4)
+            nn.Conv2d(64, 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),  # the default cut: (B, 64, H/4, W/4)
+            HalfBlock(64),
+            BasicBlock(64, 64, 1),
+        ]
+        c_in = 64
+        for width in (128, 256, 512):
+            layers += [BasicBlock(c_in, width, 2), BasicBlock(width, width, 1)]
+            c_in = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512)
+        self.feature_net = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, spec.num_classes)
+        self.latent_dim = c_in
+
+
 ModelFactory = Callable[[ImageSpec], SplitModel]
 
 MODELS: dict[str, ModelFactory] = {
@@ -190,6 +243,7 @@ MODELS: dict[str, ModelFactory] = {
     "resnet18": lambda spec: ResNet(spec, BasicBlock, [2, 2, 2, 2]),
     "resnet34": lambda spec: ResNet(spec, BasicBlock, [3, 4, 6, 3]),
     "resnet50": lambda spec: ResNet(spec, Bottleneck, [3, 4, 6, 3]),
+    "resnet18-imagenet": ResNet18ImageNet,
 }
 
 

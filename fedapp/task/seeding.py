@@ -14,6 +14,8 @@ PURPOSE_INIT = 1
 PURPOSE_DATA_ORDER = 2
 PURPOSE_SAMPLING = 3
 PURPOSE_FAULT = 4
+PURPOSE_SPLIT_DIRECTIONS = 16  # HERON-SFL client ZO directions
+PURPOSE_AUX_INIT = 17  # HERON-SFL auxiliary head initialisation
 PURPOSE_ZO_STEP = 40  # ZO perturbation seeds (zo trainer, zo-seed); apart from other purposes
 
 
