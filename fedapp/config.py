@@ -18,7 +18,7 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox"]
+StrategyName = Literal["fedavg", "fedprox", "fedzge"]
 TrainerName = Literal["fo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
@@ -33,6 +33,7 @@ FaultName = Literal["none", "nan", "shape", "raise"]
 ACCEPTS: dict[str, frozenset[str]] = {
     "fedavg": frozenset({"fo"}),
     "fedprox": frozenset({"fo"}),
+    "fedzge": frozenset({"fo"}),
 }
 
 
@@ -106,6 +107,61 @@ class FedProxConfig(Section):
     mu: float = Field(ge=0)  # proximal weight; client adds mu/2 * ||w - w_global||^2
 
 
+class FedZGEConfig(Section):
+    """FedZGE (SPEC §3): official values in pyproject; Z1..Z5 are SPEC §3.6's decisions."""
+
+    num_directions: int = Field(ge=1)  # q (Z1: README's 5; the official code's default is 10)
+    smoothing: float = Field(gt=0)  # ε of x_j = x + ε·u_j
+    synthetic_samples: int = Field(ge=2)  # N synthetic images per round
+    temperature: float = Field(gt=0)  # T of the KD and adversarial terms
+    latent_dim: int = Field(ge=1)  # nz
+    generator_width: int = Field(ge=1)  # ngf
+    beta_adv: float = Field(ge=0)  # β1
+    beta_div: float = Field(ge=0)  # β2
+    beta_info: float = Field(ge=0)  # β3
+    generator_lr: float = Field(gt=0)  # lr_G, one Adam step per round
+    server_lr: float = Field(gt=0)  # lr_S
+    server_steps: int = Field(ge=0)  # E2 full-batch KD steps
+    client_lr: float = Field(gt=0)  # lr_k (local training and local KD)
+    local_epochs: int = Field(ge=0)  # E1
+    batch_size: int = Field(ge=1)  # B of local training
+    distill_steps: int = Field(ge=0)  # E3 full-batch local KD steps
+    info_term: Literal["own", "official"]  # Z2
+    direction_transport: Literal["seed", "tensor"]  # Z3
+    exact_diversity: bool  # Z4
+    select: Literal["final"]  # Z5: the final round is reported, never a test-selected one
+    client_models: str  # "0:cnn,1:mlp" (by partition id) or "cnn,mlp" (round-robin)
+    client_eval: bool  # clients report private-model accuracy before and after local KD
+
+    @model_validator(mode="after")
+    def _models(self) -> Self:
+        parse_model_map(self.client_models)
+        return self
+
+    def model_for(self, partition_id: int) -> str | None:
+        """This partition's architecture from :attr:`client_models`, or ``None``."""
+        mapping = parse_model_map(self.client_models)
+        if isinstance(mapping, list):
+            return mapping[partition_id % len(mapping)] if mapping else None
+        return mapping.get(partition_id)
+
+
+def parse_model_map(text: str) -> dict[int, str] | list[str]:
+    """``"0:cnn,1:mlp"`` -> {0: "cnn", 1: "mlp"}; ``"cnn,mlp"`` -> ["cnn", "mlp"] (round-robin)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    names = set(get_args(ModelName))
+    pairs = [p.split(":", 1) if ":" in p else [None, p] for p in parts]
+    bad = [name.strip() for _, name in pairs if name.strip() not in names]
+    if bad:
+        raise ValueError(f"unknown model(s) {bad}; allowed: {', '.join(sorted(names))}")
+    keyed = [k for k, _ in pairs if k is not None]
+    if not keyed:
+        return [name.strip() for _, name in pairs]
+    if len(keyed) != len(pairs) or not all(k.strip().isdigit() for k in keyed):
+        raise ValueError(f"expected 'id:model,...' or 'model,...', got {text!r}")
+    return {int(k): name.strip() for k, name in pairs if k is not None}
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -118,6 +174,7 @@ class AppConfig(Section):
     model: ModelConfig
     client: ClientConfig
     fedprox: FedProxConfig
+    fedzge: FedZGEConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -14,6 +14,11 @@ PURPOSE_INIT = 1
 PURPOSE_DATA_ORDER = 2
 PURPOSE_SAMPLING = 3
 PURPOSE_FAULT = 4
+# FedZGE (50..59, clear of other strategies' purposes): generator init, synthetic latents,
+# query directions.
+PURPOSE_FEDZGE_GENERATOR = 50
+PURPOSE_FEDZGE_SYNTH = 51
+PURPOSE_FEDZGE_QUERY = 52
 
 
 def derive_seed(base: int, *parts: int) -> int:
