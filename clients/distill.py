@@ -20,7 +20,7 @@ from fedapp.task.fedzge import answer_queries, distill, seeded_queries
 from fedapp.task.metering import Meter
 from fedapp.task.models import SplitModel
 
-#: Reported for an accuracy that was not measured (``fedzge.client-eval = false``, no split).
+#: Reported for an accuracy that was not measured (``fedzge.client-eval``, empty split).
 NOT_MEASURED = -1.0
 
 

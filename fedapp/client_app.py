@@ -121,10 +121,11 @@ def _private_model(cfg: AppConfig, context: Context, data: ClientData) -> SplitM
 
 
 def _private_accuracy(
-    cfg: AppConfig, node: NodeSpec, data: ClientData, model: SplitModel
+    cfg: AppConfig, node: NodeSpec, data: ClientData, model: SplitModel, server_round: int
 ) -> dict[str, float]:
     """Accuracy on the global test set and on the local split (``-1``: not measured)."""
-    measure = cfg.fedzge.client_eval
+    when = cfg.fedzge.client_eval
+    measure = when == "every" or (when == "final" and server_round == cfg.num_server_rounds)
     test = load_server_test(cfg.data, cfg.seed)[0] if measure else None
     size, device = cfg.server.eval_batch_size, node.device
     return {
@@ -146,7 +147,7 @@ def fedzge_train_local(msg: Message, context: Context) -> Message:
         records.NUM_EXAMPLES: stats.num_examples,
         "train-loss": stats.train_loss,
         "train-s": stats.seconds,
-        **_private_accuracy(cfg, node, data, model),
+        **_private_accuracy(cfg, node, data, model, server_round),
     }
     return Message(records.pack_metrics(metrics, records.LOCAL_METRICS), reply_to=msg)
 
@@ -189,6 +190,6 @@ def fedzge_train_distill(msg: Message, context: Context) -> Message:
     metrics = {
         records.NUM_EXAMPLES: len(data.train),
         "distill-loss": loss,
-        **_private_accuracy(cfg, node, data, model),
+        **_private_accuracy(cfg, node, data, model, server_round),
     }
     return Message(records.pack_metrics(metrics, records.DISTILL_METRICS), reply_to=msg)

@@ -116,6 +116,7 @@ class FedZGEConfig(Section):
     temperature: float = Field(gt=0)  # T of the KD and adversarial terms
     latent_dim: int = Field(ge=1)  # nz
     generator_width: int = Field(ge=1)  # ngf
+    image_range: Literal["tanh", "unit"]  # generator output: [-1, 1] (official) or [0, 1]
     beta_adv: float = Field(ge=0)  # β1
     beta_div: float = Field(ge=0)  # β2
     beta_info: float = Field(ge=0)  # β3
@@ -131,7 +132,7 @@ class FedZGEConfig(Section):
     exact_diversity: bool  # Z4
     select: Literal["final"]  # Z5: the final round is reported, never a test-selected one
     client_models: str  # "0:cnn,1:mlp" (by partition id) or "cnn,mlp" (round-robin)
-    client_eval: bool  # clients report private-model accuracy before and after local KD
+    client_eval: Literal["every", "final", "none"]  # rounds in which clients report accuracy
 
     @model_validator(mode="after")
     def _models(self) -> Self:

@@ -101,7 +101,9 @@ class FedZGE(PhasedStrategy):
         self.server_model = server_model.to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, PURPOSE_FEDZGE_GENERATOR))
-            self.generator = ImageGenerator(spec, cfg.latent_dim, cfg.generator_width)
+            self.generator = ImageGenerator(
+                spec, cfg.latent_dim, cfg.generator_width, cfg.image_range
+            )
         self.generator.to(device)
         self.weights = GeneratorLossWeights(
             cfg.beta_adv, cfg.beta_div, cfg.beta_info, cfg.temperature

@@ -29,6 +29,7 @@ from fedapp.task.models import ImageSpec
 from fedapp.task.zo import input_gradient_estimate, unit_directions
 
 InfoTerm = Literal["own", "official"]
+ImageRange = Literal["tanh", "unit"]
 
 
 class ImageGenerator(nn.Module):
@@ -37,19 +38,23 @@ class ImageGenerator(nn.Module):
     [Embedding(C, nz)(y) ; z] (2·nz) -> Linear -> (128, H/4, W/4) -> BN -> two
     ConvT(k4 s2 p1) upsamplings with BN and LeakyReLU(0.2) -> Conv3x3 to the
     dataset's channels -> BN -> tanh, so the images lie in [-1, 1] like the
-    official code's (SPEC §3.5 quirk 4). With nz = 100 and ngf = 64 on CIFAR-10
+    official code's (``image_range = "tanh"``, SPEC §3.5 quirk 4), or, with
+    ``"unit"``, (tanh + 1)/2 in [0, 1] like the data the clients see. With nz = 100 and ngf = 64 on CIFAR-10
     it has about 2.04 M parameters; channels and size follow ``spec`` (MNIST:
     1x28x28 from a 7x7 seed). Height and width must be multiples of 4.
     """
 
-    def __init__(self, spec: ImageSpec, latent_dim: int = 100, width: int = 64) -> None:
+    def __init__(
+        self, spec: ImageSpec, latent_dim: int = 100, width: int = 64,
+        image_range: ImageRange = "tanh",
+    ) -> None:
         super().__init__()
         if spec.height % 4 or spec.width % 4:
             raise ValueError(
                 f"the FedZGE generator needs image sides divisible by 4, got "
                 f"{spec.height}x{spec.width}"
             )
-        self.spec, self.latent_dim = spec, latent_dim
+        self.spec, self.latent_dim, self.unit = spec, latent_dim, image_range == "unit"
         self.seed_shape = (2 * width, spec.height // 4, spec.width // 4)
         self.embed = nn.Embedding(spec.num_classes, latent_dim)
         self.fc = nn.Linear(2 * latent_dim, math.prod(self.seed_shape))
@@ -67,9 +72,10 @@ class ImageGenerator(nn.Module):
         )
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        """z (N, nz), y (N,) int64 -> images (N, C_img, H, W) in [-1, 1]."""
+        """z (N, nz), y (N,) int64 -> images (N, C_img, H, W) in [-1, 1] (or [0, 1])."""
         h = self.fc(torch.cat([self.embed(y), z], dim=1))  # (N, 2w·H/4·W/4)
-        return self.body(h.view(-1, *self.seed_shape))
+        x = self.body(h.view(-1, *self.seed_shape))
+        return (x + 1) / 2 if self.unit else x
 
 
 @dataclass(frozen=True, slots=True)
