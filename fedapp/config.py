@@ -130,6 +130,7 @@ class FedZGEConfig(Section):
     info_term: Literal["own", "official"]  # Z2
     direction_transport: Literal["seed", "tensor"]  # Z3
     exact_diversity: bool  # Z4
+    estimator: Literal["batch", "per-sample"]  # one loss difference per batch (official) or sample
     select: Literal["final"]  # Z5: the final round is reported, never a test-selected one
     client_models: str  # "0:cnn,1:mlp" (by partition id) or "cnn,mlp" (round-robin)
     client_eval: Literal["every", "final", "none"]  # rounds in which clients report accuracy

@@ -201,11 +201,15 @@ class FedZGE(PhasedStrategy):
             server = torch.stack(
                 [self.server_model(b.to(self.device)).float().cpu() for b in batches]
             )  # (1+q, N, C)
-        losses = generator_losses(
-            ensemble, server, batches, synthetic.latents, self.weights, cfg.info_term,
-            with_diversity=not cfg.exact_diversity,
-        )  # (1+q,)
-        grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
+        args = (ensemble, server, batches, synthetic.latents, self.weights, cfg.info_term)
+        losses = generator_losses(*args, with_diversity=not cfg.exact_diversity)  # (1+q,)
+        if cfg.estimator == "per-sample":
+            per_sample = generator_losses(
+                *args, with_diversity=not cfg.exact_diversity, per_sample=True
+            )  # (1+q, N)
+            grad_x = zo_image_gradient(per_sample, synthetic.directions, cfg.smoothing)
+        else:
+            grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
         self.generator_optimizer = self._generator_optimizer()  # official: fresh every round
         generator_step(
             self.generator, self.generator_optimizer, synthetic.x, grad_x.to(self.device),

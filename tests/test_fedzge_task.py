@@ -179,3 +179,27 @@ def test_client_model_map_by_id_or_round_robin() -> None:
     fields = {name: None for name in FedZGEConfig.model_fields}
     cfg = FedZGEConfig.model_construct(**{**fields, "client_models": "cnn,mlp,fedgen-cnn"})
     assert [cfg.model_for(i) for i in range(4)] == ["cnn", "mlp", "fedgen-cnn", "cnn"]
+
+
+def test_per_sample_coefficients_reduce_the_variance_of_the_estimate() -> None:
+    # Many images, few directions: one difference per batch mixes every sample's change.
+    torch.manual_seed(0)
+    n, q, eps = 64, 20, 1e-3
+    client = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    server = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    lat = zge.Latents(torch.randn(n, 8), torch.randint(0, 4, (n,)))
+    w = zge.GeneratorLossWeights(1.0, 0.0, 0.0, 5.0)  # the separable terms only
+    x = torch.randn(n, 3, 2, 2, requires_grad=True)
+    _reference_loss(x, [client], [1], server, lat, w).backward()
+    u = unit_directions(x.shape, q, seed=2)
+    queries = zge.perturbed_queries(x.detach(), u, eps)
+    ens = query_answer(client, x.detach(), queries, q, 0, eps, torch.device("cpu"))
+    batches = torch.cat([x.detach().unsqueeze(0), queries])
+    with torch.no_grad():
+        srv = torch.stack([server(b) for b in batches])
+    cos = {}
+    for per_sample in (False, True):
+        losses = zge.generator_losses(ens, srv, batches, lat, w, per_sample=per_sample)
+        est = zge.zo_image_gradient(losses, u, eps)
+        cos[per_sample] = float(F.cosine_similarity(est.flatten(), x.grad.flatten(), dim=0))
+    assert cos[True] > 0.8 > 0.5 > cos[False], cos

@@ -149,18 +149,27 @@ def ensemble_logits(logits: Sequence[Tensor], num_examples: Sequence[int]) -> Te
 # -- generator loss (SPEC §3.3) -------------------------------------------------------------
 
 
+def fidelity_per_sample(ensemble: Tensor, y: Tensor) -> Tensor:
+    """CE of every sample: ensemble (..., N, C), y (N,) -> (..., N)."""
+    log_p = F.log_softmax(ensemble, dim=-1)  # (..., N, C)
+    return -log_p.gather(-1, y.expand(*ensemble.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+
 def fidelity_loss(ensemble: Tensor, y: Tensor) -> Tensor:
     """L_fid = CE(ℓ̄(x'), y): ensemble (..., N, C), y (N,) -> (...) (mean over the batch)."""
-    log_p = F.log_softmax(ensemble, dim=-1)  # (..., N, C)
-    picked = log_p.gather(-1, y.expand(*ensemble.shape[:-1]).unsqueeze(-1))  # (..., N, 1)
-    return -picked.squeeze(-1).mean(dim=-1)
+    return fidelity_per_sample(ensemble, y).mean(dim=-1)
+
+
+def kl_per_sample(target_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
+    """KL(σ(t/T) ‖ σ(s/T)) of every sample, no T²: (..., N, C), (..., N, C) -> (..., N)."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p = F.log_softmax(target_logits / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def kl_to(target_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
     """KL(σ(t/T) ‖ σ(s/T)), mean over the batch, no T²: (..., N, C), (..., N, C) -> (...)."""
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p = F.log_softmax(target_logits / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean(dim=-1)
+    return kl_per_sample(target_logits, student_logits, temperature).mean(dim=-1)
 
 
 def adversarial_loss(ensemble: Tensor, server: Tensor, temperature: float) -> Tensor:
@@ -217,8 +226,9 @@ def generator_losses(
     weights: GeneratorLossWeights,
     info_term: InfoTerm = "own",
     with_diversity: bool = True,
+    per_sample: bool = False,
 ) -> Tensor:
-    """L_G at x and at every x_j, from logits alone (float64 (1+q,)).
+    """L_G at x and at every x_j, from logits alone: float64 (1+q,), or (1+q, N).
 
     ensemble, server: (1+q, N, C) logits of the ensemble and of f_S; batches
     (1+q, N, *x) the images (row 0 is x). L_G = L_fid + β1·L_adv + β2·L_div + β3·L_info.
@@ -226,25 +236,32 @@ def generator_losses(
     batches' term uses the *unperturbed* marginal as reference, Σ p̄(x_j) log p̄(x);
     ``"own"`` (Z2) uses each batch's own marginal. ``with_diversity = False``
     drops β2·L_div (Z4: it is then differentiated exactly instead).
+
+    ``per_sample``: the fidelity and adversarial terms are means over samples whose
+    logits depend on their own image only (eval mode), so sample i's share
+    (ℓ_fid,i + β1·ℓ_adv,i)/N is returned apart, plus the batch-level terms; row sums
+    are not L_G, but differences per sample give each sample its own ZO coefficient.
     """
     ens = ensemble.double()  # (1+q, N, C)
+    separable = fidelity_per_sample(ens, latents.y) - weights.adversarial * kl_per_sample(
+        ens, server.double(), weights.temperature
+    )  # (1+q, N)
     marginal = class_marginal(ens)  # (1+q, C)
     reference = marginal if info_term == "own" else marginal[:1]  # official: p̄(x) for all
-    loss = (
-        fidelity_loss(ens, latents.y)
-        + weights.adversarial * adversarial_loss(ens, server.double(), weights.temperature)
-        + weights.info * info_loss(marginal, reference)
-    )  # (1+q,)
+    batch = weights.info * info_loss(marginal, reference)  # (1+q,)
     if with_diversity:
         images = batches.double().flatten(2)  # (1+q, N, D)
-        loss = loss + weights.diversity * diversity_loss(images, latents.z.double(), 1)
-    return loss
+        batch = batch + weights.diversity * diversity_loss(images, latents.z.double(), 1)
+    if per_sample:
+        return separable / separable.shape[1] + batch.unsqueeze(1)  # (1+q, N)
+    return separable.mean(dim=1) + batch  # (1+q,)
 
 
 def zo_image_gradient(losses: Tensor, directions: Tensor, eps: float) -> Tensor:
     """ĝ_x from L_G at x (losses[0]) and at x_j (losses[1:]): (N, *x), SPEC §3.3.
 
-    ĝ_x = (1/N) Σ_j (d/q)·[L_G(x_j) − L_G(x)]/ε · u_j, d the size of one image.
+    ĝ_x = (1/N) Σ_j (d/q)·[L_G(x_j) − L_G(x)]/ε · u_j, d the size of one image; with
+    per-sample losses (1+q, N) each sample's direction gets its own difference.
     """
     return input_gradient_estimate(losses[1:], losses[0], directions, eps)
 
