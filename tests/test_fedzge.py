@@ -174,3 +174,13 @@ def test_handlers_keep_the_model_private_and_reject_a_distill_without_query(smal
     soft = records.pack_distill(1, torch.zeros(4, 10), 5.0, 1)
     (bad,) = grid.send_and_receive([grid.create_message(soft, "train.distill", 100, "1")])
     assert bad.has_error() and "without that round's query" in bad.error.reason
+
+
+def test_node_config_model_wins_over_the_run_config_mapping(small: dict) -> None:
+    grid = FakeGrid(client_app, small, 2, node_config=lambda i: {"model": "cnn"} if i == 1 else {})
+    messages = [grid.create_message(records.pack_round(1), "train.local", n, "1") for n in (100, 101)]
+    assert not any(r.has_error() for r in grid.send_and_receive(messages))
+    spec = load_server_test(load_config(small).data, small["seed"])[1]
+    for node, name in ((100, "fedgen-cnn"), (101, "cnn")):  # mapping says 1:mlp; node config cnn
+        state = records.load_state(grid.contexts[node].state, records.FEDZGE_MODEL)
+        assert set(state) == set(build_model(name, spec).state_dict()), node

@@ -164,9 +164,12 @@ def test_distill_moves_the_student_towards_the_teacher() -> None:
     x = torch.randn(32, 6)
     with torch.no_grad():
         t = teacher(x)
-    before = float(zge.kd_loss(student(x), t, 5.0))
+    with torch.no_grad():
+        before = float(zge.kd_loss(student(x), t, 5.0))
     zge.distill(student, x, t, 5.0, steps=50, lr=0.05)
-    assert float(zge.kd_loss(student(x), t, 5.0)) < 0.2 * before
+    with torch.no_grad():
+        after = float(zge.kd_loss(student(x), t, 5.0))
+    assert after < 0.2 * before
 
 
 def test_client_model_map_by_id_or_round_robin() -> None:
