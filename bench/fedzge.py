@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -227,7 +228,15 @@ def main() -> None:
                         help="rounds of the tensor-transport run (bytes only)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fedzge.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "figures" / "fedzge.png")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the tables (and a Markdown one) from --out and redraw --plot")
     args = parser.parse_args()
+    if args.report:
+        results = json.loads(args.out.read_text())
+        plot(results, args.plot)
+        report(results)
+        markdown(results)
+        return
     torch.set_num_threads(1)
 
     results: dict[str, Any] = {
@@ -306,6 +315,35 @@ def report(results: dict[str, Any]) -> None:
     print(f"\nCIFAR-10 shapes (N=500, q=5, C=10), one round per client: "
           f"down {t['round-down-tensor'] / mib:.2f} MiB (tensor) / {t['round-down-seed'] / mib:.2f} "
           f"MiB (seed), up {t['round-up'] / kib:.1f} KiB; official 35.2 MiB / 117 KiB")
+
+
+def markdown(results: dict[str, Any]) -> None:
+    """The README table: mean ± std over seeds (population std), final round."""
+    print("\n| alpha | method | global model, final round | clients before KD | clients after KD "
+          "| down / client / round | up / client / round |")
+    print("|---|---|---|---|---|---|---|")
+    for alpha, runs in results["runs"].items():
+        n = len(runs)
+        local = mean_std([statistics.fmean(r["local-only"]) for r in runs])
+        print(f"| {alpha} | local-only ({n} seeds) | n/a | {local} | n/a | 0 | 0 |")
+        for method, label in (("fedzge", "FedZGE, `seed` transport"),
+                              ("fedzge-tensor", "FedZGE, `tensor` transport"),
+                              ("fedavg", "FedAvg, homogeneous `fedgen-cnn`")):
+            got = [r[method] for r in runs if method in r]
+            rounds = len(got[0]["curve"]) - 1
+            label = f"{label} ({len(got)} seed{'s' if len(got) > 1 else ''}, {rounds} rounds)"
+            kib = lambda key: f"{statistics.fmean(g[key] for g in got) / 1024:,.1f} KiB"
+            before = mean_std([g.get("client-acc-before") for g in got]) if method == "fedzge" else "n/a"
+            after = mean_std([g.get("client-acc-after") for g in got]) if method == "fedzge" else "n/a"
+            acc = mean_std([g["global-acc-final"] for g in got])
+            if method == "fedzge-tensor":
+                same = all(r["transport-equal-accuracy"] for r in runs if method in r)
+                acc += f" ({'equal to' if same else 'DIFFERENT from'} `seed` at round {rounds})"
+            print(f"| {alpha} | {label} | {acc} "
+                  f"| {before} | {after} | {kib('bytes-down-per-client-round')} "
+                  f"| {kib('bytes-up-per-client-round')} |")
+        print(f"| {alpha} | diagnostic: KD on real images ({n} seeds) "
+              f"| {mean_std([r['kd-real'] for r in runs])} | n/a | n/a | n/a | n/a |")
 
 
 if __name__ == "__main__":
