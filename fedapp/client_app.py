@@ -129,8 +129,8 @@ def _private_accuracy(
     test = load_server_test(cfg.data, cfg.seed)[0] if measure else None
     size, device = cfg.server.eval_batch_size, node.device
     return {
-        "acc-global": accuracy(model, test, size, device),
-        "acc-local": accuracy(model, data.test if measure else None, size, device),
+        records.ACC_GLOBAL: accuracy(model, test, size, device),
+        records.ACC_LOCAL: accuracy(model, data.test if measure else None, size, device),
     }
 
 
@@ -189,7 +189,7 @@ def fedzge_train_distill(msg: Message, context: Context) -> Message:
     records.save_state(context.state, records.FEDZGE_MODEL, model.state_dict())
     metrics = {
         records.NUM_EXAMPLES: len(data.train),
-        "distill-loss": loss,
+        records.DISTILL_LOSS: loss,
         **_private_accuracy(cfg, node, data, model, server_round),
     }
     return Message(records.pack_metrics(metrics, records.DISTILL_METRICS), reply_to=msg)

@@ -190,10 +190,13 @@ SMOOTHING = "smoothing"
 TEMPERATURE = "temperature"
 STEPS = "steps"
 INPUT_ROUND = "input-round"
+ACC_GLOBAL = "acc-global"  # private model on the global test set (-1: not measured)
+ACC_LOCAL = "acc-local"  # private model on the node's local test split (-1: not measured)
+DISTILL_LOSS = "distill-loss"
 #: Metrics of FedZGE replies: local update, query answer, local KD.
-LOCAL_METRICS = (NUM_EXAMPLES, "train-loss", "train-s", "acc-global", "acc-local")
+LOCAL_METRICS = (NUM_EXAMPLES, "train-loss", "train-s", ACC_GLOBAL, ACC_LOCAL)
 QUERY_METRICS = (NUM_EXAMPLES,)
-DISTILL_METRICS = (NUM_EXAMPLES, "distill-loss", "acc-global", "acc-local")
+DISTILL_METRICS = (NUM_EXAMPLES, DISTILL_LOSS, ACC_GLOBAL, ACC_LOCAL)
 #: Every ArrayRecord key FedZGE may put on the wire: images and logits, never weights.
 FEDZGE_WIRE_ARRAYS = frozenset({X, X_PERTURBED, LOGITS, SOFT_LABELS})
 

@@ -237,7 +237,8 @@ class FedZGE(PhasedStrategy):
         replies = self._send(grid, server_round, "train.distill", {n: content for n in nodes},
                              records.screen_distill_reply)
         self._mean_accuracy(replies, "after")
-        losses = [float(c.metric_records[records.METRICS]["distill-loss"]) for c in replies.values()]  # type: ignore[arg-type]
+        metrics = [c.metric_records[records.METRICS] for c in replies.values()]
+        losses = [float(m[records.DISTILL_LOSS]) for m in metrics]  # type: ignore[arg-type]
         if losses:
             self.ledger.extra["client-kd-loss"] = sum(losses) / len(losses)
 
@@ -245,8 +246,8 @@ class FedZGE(PhasedStrategy):
 
     def _mean_accuracy(self, replies: dict[int, RecordDict], when: str) -> None:
         """Clients' mean private-model accuracy (global test set, local split) in the row."""
-        for key, name in (("acc-global", f"client-acc-{when}"),
-                          ("acc-local", f"client-acc-local-{when}")):
+        for key, name in ((records.ACC_GLOBAL, f"client-acc-{when}"),
+                          (records.ACC_LOCAL, f"client-acc-local-{when}")):
             values = [float(c.metric_records[records.METRICS][key]) for c in replies.values()]  # type: ignore[arg-type]
             measured = [v for v in values if v >= 0]
             if measured:
