@@ -151,17 +151,16 @@ class FedZGEConfig(Section):
 def parse_model_map(text: str) -> dict[int, str] | list[str]:
     """``"0:cnn,1:mlp"`` -> {0: "cnn", 1: "mlp"}; ``"cnn,mlp"`` -> ["cnn", "mlp"] (round-robin)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    names = set(get_args(ModelName))
-    pairs = [p.split(":", 1) if ":" in p else [None, p] for p in parts]
-    bad = [name.strip() for _, name in pairs if name.strip() not in names]
-    if bad:
-        raise ValueError(f"unknown model(s) {bad}; allowed: {', '.join(sorted(names))}")
-    keyed = [k for k, _ in pairs if k is not None]
-    if not keyed:
-        return [name.strip() for _, name in pairs]
-    if len(keyed) != len(pairs) or not all(k.strip().isdigit() for k in keyed):
+    ids = [p.partition(":")[0].strip() if ":" in p else None for p in parts]
+    models = [p.partition(":")[2].strip() if ":" in p else p for p in parts]
+    allowed = set(get_args(ModelName))
+    if bad := [m for m in models if m not in allowed]:
+        raise ValueError(f"unknown model(s) {bad}; allowed: {', '.join(sorted(allowed))}")
+    if all(i is None for i in ids):
+        return models
+    if not all(i is not None and i.isdigit() for i in ids):
         raise ValueError(f"expected 'id:model,...' or 'model,...', got {text!r}")
-    return {int(k): name.strip() for k, name in pairs if k is not None}
+    return {int(i): m for i, m in zip(ids, models, strict=True) if i is not None}
 
 
 class AppConfig(Section):
