@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from bench.flwr_cli import ROOT
-from bench.inprocess import InProcessGrid, default_run_config
+from bench.inprocess import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 
 STRATEGIES = ("fedavg", "fedprox", "fedgen")
@@ -80,15 +80,8 @@ def run_config(strategy: str, alpha: float, seed: int, rounds: int, out: Path) -
 
 def one_run(cfg: dict[str, Any], clients: int) -> list[dict[str, Any]]:
     """Run the ServerApp on the in-process Grid; return its metrics rows."""
-    from flwr.app import Context, RecordDict
-
-    from fedapp.client_app import app as client_app
-    from fedapp.server_app import main
-
     logging.getLogger("flwr").setLevel(logging.WARNING)  # one line per run, not per round
-    grid = InProcessGrid(client_app, cfg, clients, record=False)
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
-    return read_rounds(Path(cfg["output-dir"]) / cfg["run-name"])
+    return read_rounds(run_server_app(cfg, clients))
 
 
 def summarise(rows_by_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:

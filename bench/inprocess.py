@@ -6,9 +6,10 @@ Running the real ServerApp ``main`` on this Grid exercises the whole app (config
 strategy, screening, results) without Ray or network, one client at a time; the
 benchmarks use it for many-seed comparisons and ``tests/fakes.py`` re-exports it.
 
-:func:`default_run_config` and :func:`run_federation` are the benchmarks' entry
-points: one federated run in this process through the same strategy,
-:class:`fedapp.server_app.RoundRecorder` and ``metrics.jsonl`` as ``flwr run``.
+:func:`default_run_config`, :func:`run_server_app` and :func:`run_federation` are
+the benchmarks' entry points: one federated run in this process through the same
+strategy, :class:`fedapp.server_app.RoundRecorder` and ``metrics.jsonl`` as
+``flwr run``.
 """
 
 from __future__ import annotations
@@ -155,3 +156,15 @@ def run_federation(
         evaluate_fn=RoundRecorder(cfg, strategy, writer, model),
     )
     return read_rounds(Path(writer.dir))
+
+
+def run_server_app(run_config: dict[str, Any], num_nodes: int) -> Path:
+    """Run the real ServerApp ``main`` on ``num_nodes`` in-process nodes; return its results dir."""
+    from fedapp.client_app import app as client_app
+    from fedapp.server_app import main
+
+    grid = InProcessGrid(client_app, run_config, num_nodes, record=False)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=dict(run_config))
+    main(grid, context)
+    return Path(run_config["output-dir"]).resolve() / str(run_config["run-name"])

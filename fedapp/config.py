@@ -18,7 +18,7 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl"]
+StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge"]
 TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
@@ -43,6 +43,7 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "zo-seed": frozenset({"zo"}),
     "fedgen": frozenset({"fo", "zo", "mixed"}),
     "heron-sfl": frozenset({"split-zo", "split-fo"}),
+    "fedzge": frozenset({"fo"}),
 }
 
 
@@ -192,6 +193,62 @@ class HeronConfig(Section):
     server_lr: float = Field(gt=0)  # η_s (Adam on the back-end θ_s)
 
 
+class FedZGEConfig(Section):
+    """FedZGE (SPEC §3): official values in pyproject; Z1..Z5 are SPEC §3.6's decisions."""
+
+    num_directions: int = Field(ge=1)  # q (Z1: README's 5; the official code's default is 10)
+    smoothing: float = Field(gt=0)  # ε of x_j = x + ε·u_j
+    synthetic_samples: int = Field(ge=2)  # N synthetic images per round
+    temperature: float = Field(gt=0)  # T of the KD and adversarial terms
+    latent_dim: int = Field(ge=1)  # nz
+    generator_width: int = Field(ge=1)  # ngf
+    image_range: Literal["tanh", "unit"]  # generator output: [-1, 1] (official) or [0, 1]
+    beta_adv: float = Field(ge=0)  # β1
+    beta_div: float = Field(ge=0)  # β2
+    beta_info: float = Field(ge=0)  # β3
+    generator_lr: float = Field(gt=0)  # lr_G, one Adam step per round
+    server_lr: float = Field(gt=0)  # lr_S
+    server_steps: int = Field(ge=0)  # E2 full-batch KD steps
+    client_lr: float = Field(gt=0)  # lr_k (local training and local KD)
+    local_epochs: int = Field(ge=0)  # E1
+    batch_size: int = Field(ge=1)  # B of local training
+    distill_steps: int = Field(ge=0)  # E3 full-batch local KD steps
+    info_term: Literal["own", "official"]  # Z2
+    direction_transport: Literal["seed", "tensor"]  # Z3
+    exact_diversity: bool  # Z4
+    estimator: Literal["batch", "per-sample"]  # one loss difference per batch (official) or sample
+    select: Literal["final"]  # Z5: the final round is reported, never a test-selected one
+    client_models: str  # "0:cnn,1:mlp" (by partition id) or "cnn,mlp" (round-robin)
+    client_eval: Literal["every", "final", "none"]  # rounds in which clients report accuracy
+
+    @model_validator(mode="after")
+    def _models(self) -> Self:
+        parse_model_map(self.client_models)
+        return self
+
+    def model_for(self, partition_id: int) -> str | None:
+        """This partition's architecture from :attr:`client_models`, or ``None``."""
+        mapping = parse_model_map(self.client_models)
+        if isinstance(mapping, list):
+            return mapping[partition_id % len(mapping)] if mapping else None
+        return mapping.get(partition_id)
+
+
+def parse_model_map(text: str) -> dict[int, str] | list[str]:
+    """``"0:cnn,1:mlp"`` -> {0: "cnn", 1: "mlp"}; ``"cnn,mlp"`` -> ["cnn", "mlp"] (round-robin)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    ids = [p.partition(":")[0].strip() if ":" in p else None for p in parts]
+    models = [p.partition(":")[2].strip() if ":" in p else p for p in parts]
+    allowed = set(get_args(ModelName))
+    if bad := [m for m in models if m not in allowed]:
+        raise ValueError(f"unknown model(s) {bad}; allowed: {', '.join(sorted(allowed))}")
+    if all(i is None for i in ids):
+        return models
+    if not all(i is not None and i.isdigit() for i in ids):
+        raise ValueError(f"expected 'id:model,...' or 'model,...', got {text!r}")
+    return {int(i): m for i, m in zip(ids, models, strict=True) if i is not None}
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -209,6 +266,7 @@ class AppConfig(Section):
     zo: ZOConfig
     fedgen: FedGenConfig
     heron: HeronConfig
+    fedzge: FedZGEConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

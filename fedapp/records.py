@@ -174,6 +174,21 @@ def screen_eval_reply(content: RecordDict) -> str | None:
     return _screen_metrics(content, EVAL_METRICS)
 
 
+# --- node state: torch state dicts persisted in ``context.state`` ---
+
+
+def save_state(state: RecordDict, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Keep ``tensors`` (a model's state dict, cached inputs) in a node's ``context.state``."""
+    state[key] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def load_state(state: RecordDict, key: str) -> dict[str, torch.Tensor] | None:
+    """What :func:`save_state` stored under ``key``, or ``None`` on this node's first call."""
+    if key not in state.array_records:
+        return None
+    return state.array_records[key].to_torch_state_dict()
+
+
 # --- zo-seed (SPEC §6.3-6.4): seeds and scalars instead of weights ---
 
 TRAIN_SEEDS = "train.seeds"  # message types of the zo-seed strategy
@@ -348,14 +363,14 @@ def screen_zo_train_reply(
 
 def load_zo_replica(state: RecordDict) -> tuple[dict[str, torch.Tensor], int] | None:
     """This node's replica of the global model and the round it belongs to, if it has one."""
-    if ZO_REPLICA not in state.array_records:
+    saved = load_state(state, ZO_REPLICA)
+    if saved is None:
         return None
-    synced = int(state.config_records[ZO_SYNC]["round"])  # type: ignore[arg-type]
-    return unpack_arrays(state, ZO_REPLICA), synced
+    return saved, int(state.config_records[ZO_SYNC]["round"])  # type: ignore[arg-type]
 
 
 def save_zo_replica(state: RecordDict, state_dict: Mapping[str, torch.Tensor], synced: int) -> None:
-    state[ZO_REPLICA] = pack_arrays(state_dict)
+    save_state(state, ZO_REPLICA, state_dict)
     state[ZO_SYNC] = ConfigRecord({"round": synced})
 
 
@@ -529,3 +544,130 @@ def screen_split_reply(
     if reason is not None:
         return reason
     return _screen_metrics(content, SPLIT_METRICS)
+
+
+# --- FedZGE (SPEC §3.2): train.local, query.logits, train.distill ---
+
+FEDZGE_MODEL = "fedzge-model"  # context.state: the private model, never sent
+FEDZGE_INPUTS = "fedzge-inputs"  # context.state: the last queried batch x, reused by distill
+INPUTS = "inputs"
+OUTPUTS = "outputs"
+X = "x"
+X_PERTURBED = "x-perturbed"  # tensor transport: the q perturbed batches (q, N, *x)
+LOGITS = "logits"
+SOFT_LABELS = "soft-labels"
+QUERY_SEED = "query-seed"
+NUM_DIRECTIONS = "num-directions"
+TEMPERATURE = "temperature"
+STEPS = "steps"
+INPUT_ROUND = "input-round"
+ACC_GLOBAL = "acc-global"  # private model on the global test set (-1: not measured)
+ACC_LOCAL = "acc-local"  # private model on the node's local test split (-1: not measured)
+DISTILL_LOSS = "distill-loss"
+#: Metrics of FedZGE replies: local update, query answer, local KD.
+LOCAL_METRICS = (NUM_EXAMPLES, "train-loss", "train-s", ACC_GLOBAL, ACC_LOCAL)
+QUERY_METRICS = (NUM_EXAMPLES,)
+DISTILL_METRICS = (NUM_EXAMPLES, DISTILL_LOSS, ACC_GLOBAL, ACC_LOCAL)
+#: Every ArrayRecord key FedZGE may put on the wire: images and logits, never weights.
+FEDZGE_WIRE_ARRAYS = frozenset({X, X_PERTURBED, LOGITS, SOFT_LABELS})
+
+
+def pack_metrics(metrics: Mapping[str, float | int], keys: tuple[str, ...]) -> RecordDict:
+    """A reply that carries only ``metrics`` with exactly ``keys``."""
+    return RecordDict({METRICS: MetricRecord({k: metrics[k] for k in keys})})
+
+
+def pack_round(server_round: int) -> RecordDict:
+    """A config-only message: ``config`` {``server-round``}."""
+    return RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round})})
+
+
+def pack_query(
+    server_round: int, x: torch.Tensor, num_directions: int, eps: float,
+    seed: int | None = None, perturbed: torch.Tensor | None = None,
+) -> RecordDict:
+    """``query.logits``: x (N, *x) plus either the direction seed or the q batches (q, N, *x)."""
+    arrays = {X: x} if perturbed is None else {X: x, X_PERTURBED: perturbed}
+    config: dict[str, int | float] = {
+        SERVER_ROUND: server_round, NUM_DIRECTIONS: num_directions, SMOOTHING: eps
+    }
+    if seed is not None:
+        config[QUERY_SEED] = seed
+    return RecordDict({INPUTS: pack_arrays(arrays), CONFIG: ConfigRecord(config)})
+
+
+def unpack_query(content: RecordDict) -> tuple[torch.Tensor, torch.Tensor | None, ConfigRecord]:
+    """x (N, *x), the perturbed batches (q, N, *x) when sent (``tensor``), and the config."""
+    arrays = content.array_records[INPUTS]
+    perturbed = arrays[X_PERTURBED].numpy() if X_PERTURBED in arrays else None
+    return (
+        torch.from_numpy(arrays[X].numpy().copy()),
+        torch.from_numpy(perturbed.copy()) if perturbed is not None else None,
+        round_config(content),
+    )
+
+
+def pack_logits(logits: torch.Tensor, num_examples: int) -> RecordDict:
+    """``query.logits`` reply: ``outputs`` {``logits``: (1+q, N, C)} and ``num-examples``."""
+    return RecordDict(
+        {
+            OUTPUTS: pack_arrays({LOGITS: logits.float()}),
+            METRICS: MetricRecord({NUM_EXAMPLES: num_examples}),
+        }
+    )
+
+
+def unpack_logits(content: RecordDict) -> tuple[torch.Tensor, int]:
+    """(1+q, N, C) logits and the client's ``num-examples`` (its ensemble weight)."""
+    logits = content.array_records[OUTPUTS][LOGITS].numpy().copy()
+    return torch.from_numpy(logits), int(content.metric_records[METRICS][NUM_EXAMPLES])
+
+
+def pack_distill(
+    server_round: int, soft_labels: torch.Tensor, temperature: float, steps: int
+) -> RecordDict:
+    """``train.distill``: the ensemble logits ℓ̄(x) (N, C); the client already holds x."""
+    config = {SERVER_ROUND: server_round, TEMPERATURE: temperature, STEPS: steps}
+    return RecordDict(
+        {INPUTS: pack_arrays({SOFT_LABELS: soft_labels.float()}), CONFIG: ConfigRecord(config)}
+    )
+
+
+def unpack_distill(content: RecordDict) -> tuple[torch.Tensor, ConfigRecord]:
+    soft = content.array_records[INPUTS][SOFT_LABELS].numpy().copy()
+    return torch.from_numpy(soft), round_config(content)
+
+
+def screen_logits_reply(
+    content: RecordDict, shape: tuple[int, int, int]
+) -> str | None:
+    """Why a ``query.logits`` reply must not enter the ensemble, or ``None``.
+
+    Exactly ``outputs`` {``logits``} of ``shape`` = (1+q, N, C), float32, finite, and
+    ``metrics`` {``num-examples`` > 0}.
+    """
+    if set(content.array_records) != {OUTPUTS}:
+        return f"array records {sorted(content.array_records)} != ['{OUTPUTS}']"
+    arrays = content.array_records[OUTPUTS]
+    if list(arrays) != [LOGITS]:
+        return f"output keys {list(arrays)} != ['{LOGITS}']"
+    values = arrays[LOGITS].numpy()
+    if tuple(values.shape) != tuple(shape) or values.dtype != np.float32:
+        return f"logits are {values.dtype}{list(values.shape)}, expected float32{list(shape)}"
+    if not np.isfinite(values).all():
+        return "logits have NaN/Inf values"
+    return _screen_metrics(content, QUERY_METRICS)
+
+
+def screen_local_reply(content: RecordDict) -> str | None:
+    """A ``train.local`` reply: metrics only (:data:`LOCAL_METRICS`), no arrays."""
+    if content.array_records:
+        return f"unexpected array records {sorted(content.array_records)}"
+    return _screen_metrics(content, LOCAL_METRICS)
+
+
+def screen_distill_reply(content: RecordDict) -> str | None:
+    """A ``train.distill`` reply: metrics only (:data:`DISTILL_METRICS`), no arrays."""
+    if content.array_records:
+        return f"unexpected array records {sorted(content.array_records)}"
+    return _screen_metrics(content, DISTILL_METRICS)

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
+from strategies.fedgen import build_fedgen
+from strategies.fedzge import FedZGE
 from strategies.heron import HeronSFL
 from strategies.screened import Accounting, RoundLedger, Screened
-from strategies.fedgen import build_fedgen
 from strategies.zo_seed import ZOSeed
 
 StrategyFactory = Callable[[AppConfig], Accounting]
@@ -19,6 +20,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "zo-seed": ZOSeed.from_config,
     "fedgen": build_fedgen,
     "heron-sfl": HeronSFL.from_config,
+    "fedzge": FedZGE.from_config,
 }
 
 

@@ -17,6 +17,11 @@ PURPOSE_FAULT = 4
 PURPOSE_SPLIT_DIRECTIONS = 16  # HERON-SFL client ZO directions
 PURPOSE_AUX_INIT = 17  # HERON-SFL auxiliary head initialisation
 PURPOSE_ZO_STEP = 40  # ZO perturbation seeds (zo trainer, zo-seed); apart from other purposes
+# FedZGE (50..59, clear of other strategies' purposes): generator init, synthetic latents,
+# query directions.
+PURPOSE_FEDZGE_GENERATOR = 50
+PURPOSE_FEDZGE_SYNTH = 51
+PURPOSE_FEDZGE_QUERY = 52
 
 
 def derive_seed(base: int, *parts: int) -> int:

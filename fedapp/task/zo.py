@@ -196,10 +196,16 @@ def input_gradient_estimate(
     """FedZGE's ZO estimate of ∂L/∂x (SPEC §3.3): (1/N) Σ_j (d/q)·[L(x_j) − L(x)]/ε · u_j.
 
     ``losses`` (q,) batch-level losses at x_j = x + ε·u_j; ``u`` (q, N, *x); d = dim of one sample.
-    Returns (N, *x).
+    Losses (q, N) with ``base_loss`` (N,) give every sample its own coefficient: sample i's
+    direction u_{j,i} is scaled by its own loss difference (a variance reduction when the
+    loss separates over samples). Returns (N, *x).
     """
     q, n = u.shape[0], u.shape[1]
     d = u[0, 0].numel()
+    if losses.dim() == 2:
+        base = torch.as_tensor(base_loss, dtype=torch.float64)  # (N,)
+        per = (losses.to(torch.float64) - base) / eps * (d / q) / n  # (q, N)
+        return torch.einsum("qn,qn...->n...", per.to(u.dtype), u)
     coeff = (losses.to(torch.float64) - float(base_loss)) / eps * (d / q) / n  # (q,)
     return torch.einsum("q,q...->...", coeff.to(u.dtype), u)
 

@@ -1,0 +1,298 @@
+"""FedZGE strategy: black-box clients and a server generator trained by ZO estimates.
+
+Paper: Ma, Wang, Zhang, "Data-Free Black-Box Federated Learning via Zeroth-Order
+Gradient Estimation", AAAI 2025, arXiv 2503.06028; official code
+maxinge8698/FedZGE @ 2075064 (``main.py``, ``server.py``, ``client.py``). SPEC §3.
+
+Client weights never leave a node, and nodes may run different architectures
+(the global model, ``model.name``, may differ from all of them). Each round:
+
+1. ``train.local``: clients train their private persistent model (E1 epochs).
+2. synthesis: the server draws N (z, y) and computes x = G(z, y), keeping the graph.
+3. ``query.logits``: clients return the logits of x and of x_j = x + ε·u_j, j = 1..q.
+   ``seed`` transport (default, SPEC §3.6 Z3) sends x once plus a seed from which
+   clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches (official).
+4. generator: L_G at x and every x_j from the data-size-weighted ensemble ℓ̄, the ZO
+   estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step.
+5. server KD: E2 full-batch steps of the global model towards ℓ̄(x), temperature T.
+6. ``train.distill``: clients take E3 KD steps towards ℓ̄(x) on the x they kept.
+
+Client contract
+---------------
+``train.local``
+    ``config`` {``server-round``}. Train the private model kept in ``context.state``
+    for E1 epochs; reply ``metrics`` {``num-examples``, ``train-loss``, ``train-s``,
+    ``acc-global``, ``acc-local``} (accuracies after training, ``-1`` if not measured).
+``query.logits``
+    ``inputs`` {``x``: (N, *img)[, ``x-perturbed``: (q, N, *img)]}, ``config``
+    {``server-round``, ``num-directions``, ``smoothing``[, ``query-seed``]}. Without
+    ``x-perturbed``, rebuild the copies with ``fedapp.task.fedzge.seeded_queries``.
+    Reply ``outputs`` {``logits``: (1+q, N, C) float32, row 0 for x} and ``metrics``
+    {``num-examples``}; keep x for the local KD.
+``train.distill``
+    ``inputs`` {``soft-labels``: (N, C)}, ``config`` {``server-round``,
+    ``temperature``, ``steps``}. Take the KD steps on the kept x; reply ``metrics``
+    {``num-examples``, ``distill-loss``, ``acc-global``, ``acc-local``}.
+
+Failed or rejected query replies are left out and the ensemble weights renormalised
+over the clients that answered; if none did, the generator and the global model stay
+as they were and the round is logged as skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from fedapp import records
+from fedapp.config import AppConfig, FedZGEConfig
+from fedapp.task.data import load_server_test
+from fedapp.task.evaluate import resolve_device
+from fedapp.task.fedzge import (
+    GeneratorLossWeights,
+    ImageGenerator,
+    Latents,
+    distill,
+    ensemble_logits,
+    generator_losses,
+    generator_step,
+    perturbed_queries,
+    sample_latents,
+    zo_image_gradient,
+)
+from fedapp.task.models import ImageSpec, SplitModel, build_model
+from fedapp.task.seeding import (
+    PURPOSE_FEDZGE_GENERATOR,
+    PURPOSE_FEDZGE_QUERY,
+    PURPOSE_FEDZGE_SYNTH,
+    PURPOSE_INIT,
+    derive_seed,
+)
+from fedapp.task.zo import unit_directions
+from strategies._phased import PhasedStrategy
+
+
+@dataclass(frozen=True, slots=True)
+class Synthetic:
+    """One round's synthetic batch: x = G(z, y) with its graph, and its perturbed copies."""
+
+    x: torch.Tensor  # (N, *img), on the server device, requires grad through G
+    latents: Latents
+    directions: torch.Tensor  # u: (q, N, *img), CPU float32, unit norm per sample
+    queries: torch.Tensor  # x_j = x + ε·u_j: (q, N, *img), CPU float32
+    seed: int
+
+
+class FedZGE(PhasedStrategy):
+    """Data-free black-box FL: ZO-trained server generator, KD both ways (SPEC §3)."""
+
+    def __init__(
+        self, cfg: FedZGEConfig, spec: ImageSpec, server_model: SplitModel, seed: int,
+        fraction_train: float, min_available_nodes: int, device: torch.device,
+    ) -> None:
+        super().__init__(fraction_train=fraction_train, min_available_nodes=min_available_nodes)
+        self.cfg, self.spec, self.seed, self.device = cfg, spec, seed, device
+        self.server_model = server_model.to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, PURPOSE_FEDZGE_GENERATOR))
+            self.generator = ImageGenerator(
+                spec, cfg.latent_dim, cfg.generator_width, cfg.image_range
+            )
+        self.generator.to(device)
+        self.weights = GeneratorLossWeights(
+            cfg.beta_adv, cfg.beta_div, cfg.beta_info, cfg.temperature
+        )
+        self.generator_optimizer = self._generator_optimizer()
+        self.server_optimizer = self._server_optimizer()
+        self.round = 0
+
+    @classmethod
+    def from_config(cls, cfg: AppConfig) -> FedZGE:
+        _, spec = load_server_test(cfg.data, cfg.seed)
+        model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
+        return cls(
+            cfg.fedzge, spec, model, cfg.seed, cfg.server.fraction_train,
+            cfg.server.min_available_nodes, resolve_device(cfg.client.device),
+        )
+
+    # -- the round --------------------------------------------------------------------------
+
+    def run_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        self.server_model.load_state_dict(arrays.to_torch_state_dict())
+        nodes = self._sample(grid)
+        self.ledger.sampled = len(nodes)
+        self._local_update(grid, server_round, nodes)
+        generator_before = {k: v.clone() for k, v in self.generator.state_dict().items()}
+        synthetic = self._synthesize(server_round)
+        answers = self._query(grid, server_round, nodes, synthetic)
+        self.ledger.clients = len(answers)
+        self.ledger.extra["skipped"] = float(not answers)
+        if answers:
+            ensemble = ensemble_logits(*zip(*answers.values(), strict=True))  # (1+q, N, C)
+            self._generator_step(synthetic, ensemble)
+            self._server_distill(synthetic.x.detach(), ensemble[0])
+            self._client_distill(grid, server_round, sorted(answers), ensemble[0])
+            arrays = records.pack_arrays(self.server_model.state_dict())
+        else:  # the synthesis forward moved G's BN statistics: put them back
+            self.generator.load_state_dict(generator_before)
+            log(WARNING, "FedZGE round %d skipped: no client answered the query", server_round)
+        self.round = server_round
+        self._per_client_bytes()
+        return arrays
+
+    def _local_update(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
+        """Step 1: clients train their private models (E1 epochs); we learn only metrics."""
+        contents = {n: records.pack_round(server_round) for n in nodes}
+        replies = self._send(grid, server_round, "train.local", contents,
+                             records.screen_local_reply)
+        self._mean_accuracy(replies, "before")
+
+    def _synthesize(self, server_round: int) -> Synthetic:
+        """Steps 2-3: x = G(z, y) in train mode (graph kept) and x_j = x + ε·u_j."""
+        cfg = self.cfg
+        latents = sample_latents(
+            cfg.synthetic_samples, cfg.latent_dim, self.spec.num_classes,
+            derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round),
+        )
+        self.generator.train()
+        x = self.generator(latents.z.to(self.device), latents.y.to(self.device))  # (N, *img)
+        seed = derive_seed(self.seed, PURPOSE_FEDZGE_QUERY, server_round)
+        u = unit_directions(tuple(x.shape), cfg.num_directions, seed)  # (q, N, *img)
+        queries = perturbed_queries(x.detach().float().cpu(), u, cfg.smoothing)
+        return Synthetic(x, latents, u, queries, seed)
+
+    def _query(
+        self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic
+    ) -> dict[int, tuple[torch.Tensor, int]]:
+        """Step 4: black-box logits (1+q, N, C) and example counts of the answering clients."""
+        cfg, x = self.cfg, synthetic.x.detach().float().cpu()
+        if cfg.direction_transport == "seed":
+            content = records.pack_query(
+                server_round, x, cfg.num_directions, cfg.smoothing, seed=synthetic.seed
+            )
+        else:
+            content = records.pack_query(
+                server_round, x, cfg.num_directions, cfg.smoothing, perturbed=synthetic.queries
+            )
+        shape = (1 + cfg.num_directions, cfg.synthetic_samples, self.spec.num_classes)
+        down, up = self.ledger.bytes_down, self.ledger.bytes_up
+        replies = self._send(
+            grid, server_round, "query.logits", {n: content for n in nodes},
+            lambda c: records.screen_logits_reply(c, shape),
+        )
+        sent = max(len(nodes), 1)
+        self.ledger.extra["query-bytes-down-per-client"] = (self.ledger.bytes_down - down) / sent
+        answered = max(len(replies), 1)
+        self.ledger.extra["query-bytes-up-per-client"] = (self.ledger.bytes_up - up) / answered
+        return {n: records.unpack_logits(c) for n, c in replies.items()}
+
+    def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> None:
+        """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step."""
+        cfg = self.cfg
+        batches = torch.cat([synthetic.x.detach().float().cpu().unsqueeze(0), synthetic.queries])
+        self.server_model.eval()
+        with torch.no_grad():
+            server = torch.stack(
+                [self.server_model(b.to(self.device)).float().cpu() for b in batches]
+            )  # (1+q, N, C)
+        args = (ensemble, server, batches, synthetic.latents, self.weights, cfg.info_term)
+        losses = generator_losses(*args, with_diversity=not cfg.exact_diversity)  # (1+q,)
+        if cfg.estimator == "per-sample":
+            per_sample = generator_losses(
+                *args, with_diversity=not cfg.exact_diversity, per_sample=True
+            )  # (1+q, N)
+            grad_x = zo_image_gradient(per_sample, synthetic.directions, cfg.smoothing)
+        else:
+            grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
+        self.generator_optimizer = self._generator_optimizer()  # official: fresh every round
+        generator_step(
+            self.generator, self.generator_optimizer, synthetic.x, grad_x.to(self.device),
+            synthetic.latents if cfg.exact_diversity else None, cfg.beta_div,
+        )
+        self.ledger.extra["generator-loss"] = float(losses[0])
+        self.ledger.extra["zo-grad-norm"] = float(grad_x.norm())
+
+    def _server_distill(self, x: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Step 6: E2 full-batch KD steps of the global model, Adam(lr_S) fresh, cosine."""
+        self.server_optimizer = self._server_optimizer()
+        loss = distill(
+            self.server_model, x, teacher.to(self.device), self.cfg.temperature,
+            self.cfg.server_steps, self.cfg.server_lr, self.server_optimizer,
+        )
+        self.ledger.extra["server-kd-loss"] = loss
+
+    def _client_distill(
+        self, grid: Grid, server_round: int, nodes: list[int], teacher: torch.Tensor
+    ) -> None:
+        """Step 7: the answering clients distil from ℓ̄(x) on the x they kept."""
+        content = records.pack_distill(
+            server_round, teacher, self.cfg.temperature, self.cfg.distill_steps
+        )
+        replies = self._send(grid, server_round, "train.distill", {n: content for n in nodes},
+                             records.screen_distill_reply)
+        self._mean_accuracy(replies, "after")
+        metrics = [c.metric_records[records.METRICS] for c in replies.values()]
+        losses = [float(m[records.DISTILL_LOSS]) for m in metrics]  # type: ignore[arg-type]
+        if losses:
+            self.ledger.extra["client-kd-loss"] = sum(losses) / len(losses)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _mean_accuracy(self, replies: dict[int, RecordDict], when: str) -> None:
+        """Clients' mean private-model accuracy (global test set, local split) in the row."""
+        for key, name in ((records.ACC_GLOBAL, f"client-acc-{when}"),
+                          (records.ACC_LOCAL, f"client-acc-local-{when}")):
+            values = [float(c.metric_records[records.METRICS][key]) for c in replies.values()]  # type: ignore[arg-type]
+            measured = [v for v in values if v >= 0]
+            if measured:
+                self.ledger.extra[name] = sum(measured) / len(measured)
+
+    def _per_client_bytes(self) -> None:
+        sampled = max(self.ledger.sampled, 1)
+        self.ledger.extra["bytes-down-per-client"] = self.ledger.bytes_down / sampled
+        self.ledger.extra["bytes-up-per-client"] = self.ledger.bytes_up / sampled
+
+    def _generator_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.generator.parameters(), lr=self.cfg.generator_lr)
+
+    def _server_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.server_model.parameters(), lr=self.cfg.server_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator, global model, both optimisers (as left by the last round), round."""
+        return {
+            "round": self.round,
+            "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
+            "server_model": {
+                k: v.detach().cpu() for k, v in self.server_model.state_dict().items()
+            },
+            "generator_optimizer": self.generator_optimizer.state_dict(),
+            "server_optimizer": self.server_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.generator.load_state_dict(state["generator"])
+        self.server_model.load_state_dict(state["server_model"])
+        self.generator_optimizer = self._generator_optimizer()
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.server_optimizer = self._server_optimizer()
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
+
+    def summary(self) -> None:
+        c = self.cfg
+        log(INFO, "\t├── FedZGE: q=%d, eps=%g, N=%d, T=%g, betas=(%g, %g, %g)",
+            c.num_directions, c.smoothing, c.synthetic_samples, c.temperature,
+            c.beta_adv, c.beta_div, c.beta_info)
+        log(INFO, "\t├── E1/E2/E3 = %d/%d/%d; lr_k/lr_S/lr_G = %g/%g/%g",
+            c.local_epochs, c.server_steps, c.distill_steps, c.client_lr, c.server_lr,
+            c.generator_lr)
+        log(INFO, "\t├── directions: %s transport; info term: %s; exact diversity: %s",
+            c.direction_transport, c.info_term, c.exact_diversity)
+        super().summary()
