@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
+from strategies.fedvtc import FedVTC
 from strategies.screened import Accounting, RoundLedger, Screened
 
 StrategyFactory = Callable[[AppConfig], Accounting]
@@ -13,6 +14,7 @@ StrategyFactory = Callable[[AppConfig], Accounting]
 STRATEGIES: dict[str, StrategyFactory] = {
     "fedavg": build_fedavg,
     "fedprox": build_fedprox,
+    "fedvtc": FedVTC.from_config,
 }
 
 

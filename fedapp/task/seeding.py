@@ -14,6 +14,7 @@ PURPOSE_INIT = 1
 PURPOSE_DATA_ORDER = 2
 PURPOSE_SAMPLING = 3
 PURPOSE_FAULT = 4
+PURPOSE_VTC_NOISE = 40  # FedVTC: reparameterisation noise and synthetic latents
 
 
 def derive_seed(base: int, *parts: int) -> int:
