@@ -41,10 +41,9 @@ from logging import INFO
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 
 from fedapp import records
 from fedapp.config import AppConfig
@@ -53,7 +52,7 @@ from fedapp.task.models import ImageSpec
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
 from fedapp.task.vtc import VTCDecoder, average_states
-from strategies._phased import EvaluateFn, PhasedStrategy
+from strategies._phased import PhasedStrategy
 
 
 def initial_decoder(latent_dim: int, spec: ImageSpec, seed: int) -> ArrayRecord:
@@ -75,6 +74,8 @@ class FedVTC(PhasedStrategy):
         ψ_0 when the decoder is shared (``fedvtc.share-decoder``), else ``None``.
     finetune : str
         ``every_round`` or ``final_only`` (decision V4).
+    num_rounds : int
+        R, for ``final_only``.
     """
 
     has_global_model = False
@@ -85,6 +86,7 @@ class FedVTC(PhasedStrategy):
         latent_dim: int,
         decoder: ArrayRecord | None,
         finetune: str,
+        num_rounds: int,
         fraction_train: float,
         min_available_nodes: int,
     ) -> None:
@@ -95,7 +97,7 @@ class FedVTC(PhasedStrategy):
         self.global_stats: FeatureStats | None = None
         self.models: dict[int, str] = {}  # node id -> architecture, from client-info
         self.server_round = 0
-        self.num_rounds = 0
+        self.num_rounds = num_rounds
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> FedVTC:
@@ -111,24 +113,9 @@ class FedVTC(PhasedStrategy):
             latent_dim=p,
             decoder=decoder,
             finetune=cfg.fedvtc.finetune,
+            num_rounds=cfg.num_server_rounds,
             fraction_train=cfg.server.fraction_train,
             min_available_nodes=cfg.server.min_available_nodes,
-        )
-
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-    ) -> Result:
-        """As :class:`PhasedStrategy`; remembers ``num_rounds`` for ``finetune = final_only``."""
-        self.num_rounds = num_rounds
-        return super().start(
-            grid, ArrayRecord(), num_rounds, timeout, train_config, evaluate_config, evaluate_fn
         )
 
     def run_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
@@ -144,7 +131,7 @@ class FedVTC(PhasedStrategy):
                 self._finetune(grid, server_round, trained)  # step 5
         self._evaluate(grid, server_round, list(stats))
         self.server_round = server_round
-        return arrays  # no global model: the server keeps none
+        return ArrayRecord()  # no global model: the server keeps none
 
     # -- phases ---------------------------------------------------------------------------
 

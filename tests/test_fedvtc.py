@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
 from fedapp.results import read_rounds
-from fedapp.server_app import main
 from fedapp.task.models import ImageSpec
 from fedapp.task.stats import FeatureStats
 from fedapp.task.vtc import VTCDecoder
 from strategies.fedvtc import FedVTC
+from test_strategies import run
 
 torch.set_num_threads(1)  # the shared CI box: one thread is fastest under contention
 
@@ -35,12 +34,6 @@ def vtc(run_config: dict) -> dict:
         "client.local-epochs": 2,
         "fedvtc.zoo": ZOO,
     }
-
-
-def run(cfg: dict, num_nodes: int = 3) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes)
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
-    return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
 
 def test_a_run_shares_statistics_and_decoders_but_never_a_classifier(vtc: dict) -> None:
