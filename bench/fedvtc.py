@@ -5,7 +5,11 @@ SPEC §5.2). Side by side, on the same partitions, seeds and local schedule:
 
 - ``local-only``: every client trains its own classifier (zoo model, round-robin)
   for R local passes with FedVTC's step-1 optimiser and no KL term; no traffic.
+- ``local-only-2x``: the same with two local passes per round, as many passes
+  over real data as FedVTC makes (its fine-tuning mixes a real pass in).
 - ``fedvtc``: the default (shared, averaged decoder ψ; fine-tuning every round).
+- ``fedvtc-synthetic``: ``fedvtc.mix-real = false``: fine-tuning on synthetic images
+  only, so exactly local-only's passes over real data plus the synthetic ones.
 - ``fedvtc-stats``: ``fedvtc.share-decoder = false`` (statistics only on the wire).
 - ``fedavg``: homogeneous reference: every client runs ``vtc-cnn-1`` and the
   weights are averaged (FedGen's strategy lives on another branch; FedGen is
@@ -48,7 +52,7 @@ from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
-METHODS = ("local-only", "fedvtc", "fedvtc-stats", "fedavg")
+METHODS = ("local-only", "local-only-2x", "fedvtc", "fedvtc-synthetic", "fedvtc-stats", "fedavg")
 DEVICE = torch.device("cpu")
 
 
@@ -60,12 +64,15 @@ def run_config(args: argparse.Namespace, method: str, alpha: float, seed: int,
         "num-server-rounds": args.rounds, "data.dataset": args.dataset, "data.alpha": alpha,
         "server.min-available-nodes": args.clients, "client.lr": args.lr,
     })
+    if method == "local-only-2x":
+        cfg["client.local-epochs"] = 2 * cfg["client.local-epochs"]
     if method == "fedavg":
         cfg.update({"strategy": "fedavg", "model.name": "vtc-cnn-1",
                     "server.fraction-evaluate": 0.0})  # local splits are scored below
     else:
         cfg.update({"strategy": "fedvtc",
-                    "fedvtc.share-decoder": method != "fedvtc-stats"})
+                    "fedvtc.share-decoder": method != "fedvtc-stats",
+                    "fedvtc.mix-real": method != "fedvtc-synthetic"})
     return cfg
 
 
@@ -227,7 +234,7 @@ def main() -> None:
                 for method in args.methods:
                     cfg = run_config(args, method, alpha, seed, Path(tmp))
                     t0 = time.perf_counter()
-                    run = run_local_only if method == "local-only" else run_federated
+                    run = run_local_only if method.startswith("local-only") else run_federated
                     result = run(cfg, args.clients)
                     result |= {"method": method, "alpha": alpha, "seed": seed,
                                "seconds": time.perf_counter() - t0}

@@ -20,6 +20,8 @@ have ``requires_grad`` off while gradients flow through it to ψ).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,18 +227,16 @@ def _sgd(
     return measured(data, plan, device, step, meter)
 
 
-class _frozen:
-    """Context manager: ``requires_grad`` off for a module's parameters, then restored."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.params = [p for p in module.parameters() if p.requires_grad]
-
-    def __enter__(self) -> None:
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.params:
+@contextmanager
+def _frozen(module: torch.nn.Module) -> Iterator[None]:
+    """``requires_grad`` off for ``module``'s trainable parameters, then restored."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
             p.requires_grad_(True)
 
 

@@ -20,7 +20,7 @@ from fedapp.config import AppConfig, load_config, load_node_config
 from fedapp.task.data import ClientData, load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.stats import FeatureStats
-from fedapp.task.vtc import VTCDecoder
+from fedapp.task.vtc import VTCDecoder, build_decoder
 from fedapp.task.models import SplitModel, build_model
 from fedapp.task.partition import label_histogram
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, PURPOSE_VTC_NOISE, derive_seed
@@ -132,9 +132,12 @@ def _vtc_prepare(
     return cfg, node, data, model, plan
 
 
-def _vtc_decoder(cfg: AppConfig, data: ClientData, msg: Message, context: Context) -> VTCDecoder:
-    """ψ: the server's (shared decoder), else this node's own from ``context.state``."""
-    decoder = VTCDecoder(cfg.fedvtc.latent_dim, data.spec)
+def _vtc_decoder(
+    cfg: AppConfig, node: NodeSpec, data: ClientData, msg: Message, context: Context
+) -> VTCDecoder:
+    """ψ: the server's (shared decoder), else this node's own from ``context.state`` or new."""
+    seed = derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id, 1)
+    decoder = build_decoder(cfg.fedvtc.latent_dim, data.spec, seed)
     _, _, received = records.unpack_vtc_round(msg.content)
     state = received or records.load_state(context.state, records.VTC_STATE_DECODER)
     if state is not None:
@@ -176,7 +179,7 @@ def train_stats(msg: Message, context: Context) -> Message:
 def train_decoder(msg: Message, context: Context) -> Message:
     """FedVTC step 4: train ψ with the classifier frozen; reply ψ when it is shared."""
     cfg, node, data, model, plan = _vtc_prepare(context, msg)
-    decoder = _vtc_decoder(cfg, data, msg, context)
+    decoder = _vtc_decoder(cfg, node, data, msg, context)
     opt_state = records.load_state(context.state, records.VTC_STATE_DECODER_OPT)
     out, opt_state = vtc.train_decoder(model, decoder, data.train, _global_stats(msg), plan,
                                        opt_state, node.device)

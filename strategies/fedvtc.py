@@ -40,7 +40,6 @@ from __future__ import annotations
 from logging import INFO
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -51,16 +50,13 @@ from fedapp.task.data import load_server_test
 from fedapp.task.models import ImageSpec
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
-from fedapp.task.vtc import VTCDecoder, average_states
+from fedapp.task.vtc import average_states, build_decoder
 from strategies._phased import PhasedStrategy
 
 
 def initial_decoder(latent_dim: int, spec: ImageSpec, seed: int) -> ArrayRecord:
     """ψ_0, identical for every client (seeded, so a resumed run starts alike)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        decoder = VTCDecoder(latent_dim, spec)
-    return records.pack_arrays(decoder.state_dict())
+    return records.pack_arrays(build_decoder(latent_dim, spec, seed).state_dict())
 
 
 class FedVTC(PhasedStrategy):

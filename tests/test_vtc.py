@@ -143,17 +143,18 @@ def test_decoder_phase_lowers_the_reconstruction_loss_and_leaves_the_classifier_
 def test_a_finetuning_pass_on_synthetic_data_lowers_its_loss() -> None:
     torch.manual_seed(0)
     spec, data = ImageSpec(1, 8, 8, 3), _toy_data()
-    model, decoder = build_model("vtc-cnn-0.5", spec), VTCDecoder(P, spec)
+    model, decoder = build_model("vtc-cnn-1", spec), VTCDecoder(P, spec)
+    with torch.no_grad():  # an untrained ψ barely varies its images; make classes tell apart
+        decoder.project.weight.mul_(10.0)
     stats = class_stats(torch.randn(60, P) + torch.arange(3).repeat(20).unsqueeze(1) * 2.0,
                         torch.arange(3).repeat(20), 3)
     x_syn, y_syn = synthesize(decoder, stats, 96, torch.Generator().manual_seed(5))
 
-    def synthetic_loss() -> float:  # the objective, so BN in training mode as when minimised
-        model.train()
+    def synthetic_loss() -> float:  # held-out draws from the same class-conditional ψ
         with torch.no_grad():
             return float(F.cross_entropy(model(x_syn), y_syn))
 
     before = synthetic_loss()
-    finetune(model, decoder, data, stats, _plan(mix_real=False, finetune_steps=20),
+    finetune(model, decoder, data, stats, _plan(mix_real=False, finetune_steps=100),
              torch.device("cpu"))
-    assert synthetic_loss() < 0.8 * before
+    assert synthetic_loss() < 0.5 * before

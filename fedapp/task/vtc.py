@@ -60,6 +60,13 @@ class VTCDecoder(nn.Module):
         return self.body(h)
 
 
+def build_decoder(latent_dim: int, spec: ImageSpec, seed: int) -> VTCDecoder:
+    """A freshly initialised ψ, reproducible from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VTCDecoder(latent_dim, spec)
+
+
 def reparameterize(mean: Tensor, std: Tensor, gen: torch.Generator | None = None) -> Tensor:
     """``v = mean + std ⊙ ε`` with ε ~ N(0, I); all (B, p)."""
     eps = torch.randn(mean.shape, generator=gen, dtype=mean.dtype).to(mean.device)
