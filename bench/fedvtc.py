@@ -63,6 +63,7 @@ def run_config(args: argparse.Namespace, method: str, alpha: float, seed: int,
         "output-dir": str(out), "run-name": f"{method}-a{alpha}-s{seed}", "seed": seed,
         "num-server-rounds": args.rounds, "data.dataset": args.dataset, "data.alpha": alpha,
         "server.min-available-nodes": args.clients, "client.lr": args.lr,
+        "client.local-epochs": args.local_epochs,
     })
     if method == "local-only-2x":
         cfg["client.local-epochs"] = 2 * cfg["client.local-epochs"]
@@ -188,10 +189,9 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
         for ax, key in zip(axes[:2], ("accuracy", "accuracy-local"), strict=True):
             ax.bar(xs, [r[key] if r else 0 for r in rows], width,
                    yerr=[r[f"{key}-std"] if r else 0 for r in rows], label=method, capsize=3)
-        axes[2].bar(xs, [max(r["bytes"] / 1024, 1e-3) if r else 0 for r in rows], width,
-                    label=method)
+        axes[2].bar(xs, [r["bytes"] / 1024 if r else 0 for r in rows], width, label=method)
     titles = ("clients' mean accuracy, global test set", "clients' mean accuracy, local splits",
-              "traffic per client per round (KiB, up + down)")
+              "traffic per client per round (KiB, up + down; local-only: none)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(alphas))],
                       [f"Dir({a})" for a in alphas])
@@ -199,6 +199,7 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     axes[0].set_ylim(0, 1)
     axes[1].set_ylim(0, 1)
     axes[2].set_yscale("log")
+    axes[2].set_ylim(bottom=1)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--dataset", default="mnist-offline")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--local-epochs", type=int, default=1, help="client.local-epochs")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fedvtc.json"))
     parser.add_argument("--combine", type=Path, nargs="+", default=[],
                         help="merge the runs of these JSON files into --out instead of running")
