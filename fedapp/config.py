@@ -18,14 +18,15 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge"]
+StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge", "fedvtc"]
 TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
 DatasetName = Literal[
     "mnist-offline", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "local"
 ]
 PartitionName = Literal["iid", "dirichlet", "pathological"]
 ModelName = Literal[
-    "fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50", "resnet18-imagenet"
+    "fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50", "resnet18-imagenet",
+    "vtc-cnn-0.5", "vtc-cnn-1", "vtc-cnn-1.5", "vtc-cnn-2",
 ]
 OptimizerName = Literal["sgd", "adam"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -44,6 +45,7 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "fedgen": frozenset({"fo", "zo", "mixed"}),
     "heron-sfl": frozenset({"split-zo", "split-fo"}),
     "fedzge": frozenset({"fo"}),
+    "fedvtc": frozenset({"fo"}),
 }
 
 
@@ -247,6 +249,37 @@ def parse_model_map(text: str) -> dict[int, str] | list[str]:
     if not all(i is not None and i.isdigit() for i in ids):
         raise ValueError(f"expected 'id:model,...' or 'model,...', got {text!r}")
     return {int(i): m for i, m in zip(ids, models, strict=True) if i is not None}
+class FedVTCConfig(Section):
+    """FedVTC, our reading of the paper (SPEC §5.2-5.4; Niu, Dong, Qin, arXiv 2508.01669)."""
+
+    latent_dim: int = Field(gt=0)  # p: every classifier's projection size
+    zoo: str  # comma-separated models dealt round-robin by partition id ("" = model.name)
+    share_decoder: bool  # V2: FedAvg the decoder ψ across clients (false: statistics only)
+    finetune: Literal["every_round", "final_only"]  # V4: when synthetic fine-tuning runs
+    mix_real: bool  # V4: fine-tune on real + synthetic (false: synthetic only)
+    cov: Literal["diag"]  # V5: dispersion shared per class (full covariance not implemented)
+    dm: Literal["mean", "cycle", "mmd"]  # V6: distribution-matching loss of the decoder
+    lambda_kl: float = Field(ge=0)  # λ_KL, classifier's pull towards the global class means
+    lambda_dm: float = Field(ge=0)  # λ_DM
+    lambda_syn: float = Field(ge=0)  # λ_syn, weight of the synthetic CE in fine-tuning
+    delta: float = Field(gt=0)  # δ in (z - c)² / (2σ² + δ)
+    decoder_lr: float = Field(gt=0)  # Adam
+    decoder_epochs: int = Field(ge=1)  # epochs of local data per decoder phase
+    synthetic_batch: int = Field(gt=0)  # synthetic samples per fine-tuning step
+    finetune_steps: int = Field(ge=0)  # 0 = one pass of the local data (ceil(n / B) steps)
+    max_grad_norm: float = Field(ge=0)  # clip classifier gradients (steps 1, 5); 0 = off
+
+    @model_validator(mode="after")
+    def _zoo_names(self) -> Self:
+        allowed = set(get_args(ModelName))
+        unknown = [m for m in self.zoo_models() if m not in allowed]
+        if unknown:
+            raise ValueError(f"unknown models {unknown} in zoo (allowed: {sorted(allowed)})")
+        return self
+
+    def zoo_models(self) -> list[str]:
+        """The zoo as a list (empty: every node uses ``model.name`` or its node-config)."""
+        return [m.strip() for m in self.zoo.split(",") if m.strip()]
 
 
 class AppConfig(Section):
@@ -267,6 +300,7 @@ class AppConfig(Section):
     fedgen: FedGenConfig
     heron: HeronConfig
     fedzge: FedZGEConfig
+    fedvtc: FedVTCConfig
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -286,6 +320,9 @@ class AppConfig(Section):
                 "server.fraction-evaluate > 0 needs data.local-test-size > 0 "
                 "(clients evaluate on their local test split)"
             )
+        if self.strategy == "fedvtc" and self.data.local_test_size == 0:
+            raise ValueError("strategy 'fedvtc' needs data.local-test-size > 0 "
+                             "(clients report accuracy on their local test split)")
         if self.data.dataset == "local" and not (self.data.path or self.data.test_path):
             raise ValueError(
                 "data.dataset = 'local' needs data.path (data to partition) or "

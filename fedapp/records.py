@@ -9,6 +9,7 @@ in a ConfigRecord (:data:`CLIENT_INFO`).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedapp.task import zo
 from fedapp.task.fedgen import RegularizerRound
+from fedapp.task.stats import FeatureStats
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -176,17 +178,26 @@ def screen_eval_reply(content: RecordDict) -> str | None:
 
 # --- node state: torch state dicts persisted in ``context.state`` ---
 
-
-def save_state(state: RecordDict, key: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Keep ``tensors`` (a model's state dict, cached inputs) in a node's ``context.state``."""
-    state[key] = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+STATE_BLOB = "blob"
 
 
-def load_state(state: RecordDict, key: str) -> dict[str, torch.Tensor] | None:
-    """What :func:`save_state` stored under ``key``, or ``None`` on this node's first call."""
-    if key not in state.array_records:
+def save_state(state: RecordDict, key: str, obj: Mapping[str, Any]) -> None:
+    """Keep a torch state dict (model or optimiser) in a node's ``context.state`` under ``key``.
+
+    Serialised with ``torch.save`` into a ConfigRecord's bytes, so nested optimiser
+    states (step counts, param groups) survive as they are.
+    """
+    buf = io.BytesIO()
+    torch.save(dict(obj), buf)
+    state[key] = ConfigRecord({STATE_BLOB: buf.getvalue()})
+
+
+def load_state(state: RecordDict, key: str) -> dict[str, Any] | None:
+    """What :func:`save_state` kept under ``key``, or ``None`` on the node's first call."""
+    if key not in state.config_records:
         return None
-    return state.array_records[key].to_torch_state_dict()
+    blob = state.config_records[key][STATE_BLOB]
+    return torch.load(io.BytesIO(blob), weights_only=True)  # type: ignore[arg-type]
 
 
 # --- zo-seed (SPEC §6.3-6.4): seeds and scalars instead of weights ---
@@ -671,3 +682,131 @@ def screen_distill_reply(content: RecordDict) -> str | None:
     if content.array_records:
         return f"unexpected array records {sorted(content.array_records)}"
     return _screen_metrics(content, DISTILL_METRICS)
+
+
+# --- FedVTC (our reading of Niu, Dong, Qin, arXiv 2508.01669; SPEC §5) ---
+
+VTC_STATS = "stats"  # client -> server: per-class mean, var (C, p), count (C,)
+VTC_GLOBAL_STATS = "global-stats"  # server -> client: pooled mean, var, count
+VTC_DECODER = "decoder"  # the decoder ψ's state dict, both ways when shared
+STATS_KEYS = ("mean", "var", "count")
+
+TRAIN_LOSS, VTC_LOSS, FINETUNE_LOSS = "train-loss", "vtc-loss", "finetune-loss"
+EVAL_LOSS, EVAL_ACC = "eval-loss", "eval-acc"  # the global test set
+EVAL_LOSS_LOCAL, EVAL_ACC_LOCAL = "eval-loss-local", "eval-acc-local"  # the local test split
+VTC_DECODER_METRICS = (NUM_EXAMPLES, VTC_LOSS, "rec-loss", "dm-loss", "train-s")
+VTC_FINETUNE_METRICS = (NUM_EXAMPLES, FINETUNE_LOSS, "train-s")
+VTC_EVAL_METRICS = (NUM_EXAMPLES, EVAL_LOSS, EVAL_ACC, EVAL_LOSS_LOCAL, EVAL_ACC_LOCAL)
+
+VTC_STATE_DECODER = "vtc-decoder"  # context.state keys of a FedVTC node
+VTC_STATE_DECODER_OPT = "vtc-decoder-optimizer"
+VTC_STATE_CLASSIFIER = "vtc-classifier"
+
+
+def pack_stats(stats: FeatureStats) -> ArrayRecord:
+    mean, var, count = stats.mean.detach().cpu(), stats.var.detach().cpu(), stats.count.cpu()
+    return ArrayRecord({"mean": Array(mean.numpy()), "var": Array(var.numpy()),
+                        "count": Array(count.numpy())})
+
+
+def unpack_stats(content: RecordDict, key: str) -> FeatureStats:
+    record = content.array_records[key]
+    t = {k: torch.from_numpy(record[k].numpy().copy()) for k in STATS_KEYS}
+    return FeatureStats(t["mean"], t["var"], t["count"])
+
+
+def pack_vtc_stats_reply(
+    stats: FeatureStats,
+    metrics: Mapping[str, float | int],
+    partition_id: int,
+    trainer: str,
+    model: str,
+    label_counts: list[int],
+) -> RecordDict:
+    """``stats``, ``metrics`` (:data:`TRAIN_METRICS`) and ``client-info``: no weights."""
+    reply = pack_train_reply(ArrayRecord(), metrics, partition_id, trainer, model, label_counts)
+    del reply.array_records[ARRAYS]
+    reply[VTC_STATS] = pack_stats(stats)
+    return reply
+
+
+def reply_metric(content: RecordDict, key: str) -> float:
+    """One scalar of a reply's ``metrics``."""
+    return float(content.metric_records[METRICS][key])  # type: ignore[arg-type]
+
+
+def client_model(content: RecordDict) -> str:
+    """The architecture a client reported in its ``client-info``."""
+    return str(content.config_records[CLIENT_INFO][INFO_MODEL])
+
+
+def screen_stats_reply(content: RecordDict, num_classes: int, latent_dim: int) -> str | None:
+    """Why a FedVTC statistics reply must not be pooled, or ``None`` when it is sound.
+
+    Checks: exactly the ``stats`` ArrayRecord with ``mean``/``var`` float32
+    (C, p) finite (var ≥ 0) and ``count`` int64 (C,) ≥ 0 with a positive sum;
+    ``metrics`` as a train reply; ``client-info`` present.
+    """
+    if set(content.array_records) != {VTC_STATS}:
+        return f"array records {sorted(content.array_records)} != ['{VTC_STATS}']"
+    if CLIENT_INFO not in content.config_records:
+        return f"missing {CLIENT_INFO!r}"
+    shape = (num_classes, latent_dim)
+    reference = ArrayRecord({
+        "mean": Array(np.zeros(shape, np.float32)),
+        "var": Array(np.zeros(shape, np.float32)),
+        "count": Array(np.zeros(num_classes, np.int64)),
+    })
+    record = content.array_records[VTC_STATS]
+    reason = _screen_arrays(record, reference)
+    if reason is not None:
+        return f"statistics: {reason}"
+    if (record["var"].numpy() < 0).any() or (record["count"].numpy() < 0).any():
+        return "statistics: negative variance or count"
+    if int(record["count"].numpy().sum()) <= 0:
+        return "statistics: no examples counted"
+    return _screen_metrics(content, TRAIN_METRICS)
+
+
+def pack_vtc_round(
+    global_stats: FeatureStats | None, decoder: ArrayRecord | None, server_round: int
+) -> RecordDict:
+    """A FedVTC server message: ``config``, plus ``global-stats`` and ``decoder`` when given."""
+    content = RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round})})
+    if global_stats is not None:
+        content[VTC_GLOBAL_STATS] = pack_stats(global_stats)
+    if decoder is not None:
+        content[VTC_DECODER] = decoder
+    return content
+
+
+def unpack_vtc_round(content: RecordDict) -> tuple[int, FeatureStats | None, dict[str, Any] | None]:
+    """Server round, global statistics (or ``None``) and decoder state (or ``None``)."""
+    server_round = int(round_config(content).get(SERVER_ROUND, 1))  # type: ignore[arg-type]
+    stats = unpack_stats(content, VTC_GLOBAL_STATS) if VTC_GLOBAL_STATS in content else None
+    decoder = unpack_arrays(content, VTC_DECODER) if VTC_DECODER in content else None
+    return server_round, stats, decoder
+
+
+def pack_vtc_reply(
+    metrics: Mapping[str, float | int], keys: tuple[str, ...], decoder: ArrayRecord | None = None
+) -> RecordDict:
+    """``metrics`` with exactly ``keys``, plus the ``decoder`` when it is shared."""
+    content = RecordDict({METRICS: MetricRecord({k: metrics[k] for k in keys})})
+    if decoder is not None:
+        content[VTC_DECODER] = decoder
+    return content
+
+
+def screen_vtc_reply(
+    content: RecordDict, keys: tuple[str, ...], decoder: ArrayRecord | None = None
+) -> str | None:
+    """Metrics with exactly ``keys``; the ``decoder`` matching ``decoder`` when one is expected."""
+    expected = {VTC_DECODER} if decoder is not None else set()
+    if set(content.array_records) != expected:
+        return f"array records {sorted(content.array_records)} != {sorted(expected)}"
+    if decoder is not None:
+        reason = _screen_arrays(content.array_records[VTC_DECODER], decoder)
+        if reason is not None:
+            return f"decoder: {reason}"
+    return _screen_metrics(content, keys)

@@ -29,7 +29,7 @@ from fedapp.liveness import LivenessGrid, NodesUnavailable
 from fedapp.plots import plot_curves
 from fedapp.results import ResultsWriter, run_dir
 from fedapp.task.data import DataError, load_server_test
-from fedapp.task.evaluate import evaluate, resolve_device
+from fedapp.task.evaluate import EvalResult, evaluate, resolve_device
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_SAMPLING, derive_seed
 from strategies import Accounting, build_strategy
@@ -83,9 +83,8 @@ class RoundRecorder:
         self.t_start = self.t_last - elapsed_s  # a resumed run keeps counting
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluate(self.model, self.test, self.cfg.server.eval_batch_size, self.device)
         ledger = self.strategy.close_round()
+        result = self._evaluate(arrays, ledger.extra)
         now = time.perf_counter()
         row = {
             "round": server_round,
@@ -114,6 +113,14 @@ class RoundRecorder:
             now - self.t_start,
         )
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+    def _evaluate(self, arrays: ArrayRecord, extra: dict[str, float]) -> EvalResult:
+        """The global model on the server's test set; strategies without one report their own."""
+        if not self.strategy.has_global_model:
+            nan = float("nan")
+            return EvalResult(extra.pop("loss", nan), extra.pop("accuracy", nan), len(self.test))
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(self.model, self.test, self.cfg.server.eval_batch_size, self.device)
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         Checkpoint(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fedapp.config import AppConfig
 from strategies.fedavg import build_fedavg, build_fedprox
 from strategies.fedgen import build_fedgen
+from strategies.fedvtc import FedVTC
 from strategies.fedzge import FedZGE
 from strategies.heron import HeronSFL
 from strategies.screened import Accounting, RoundLedger, Screened
@@ -21,6 +22,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "fedgen": build_fedgen,
     "heron-sfl": HeronSFL.from_config,
     "fedzge": FedZGE.from_config,
+    "fedvtc": FedVTC.from_config,
 }
 
 

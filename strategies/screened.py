@@ -64,9 +64,12 @@ class Accounting:
     Flower-derived strategies get it through :class:`Screened`; strategies with
     their own round loop through :class:`strategies._phased.PhasedStrategy`. The
     ServerApp reads :meth:`close_round` after every round and checkpoints
-    :meth:`state_dict`.
+    :meth:`state_dict`. A strategy without a global model (FedVTC) sets
+    ``has_global_model = False`` and reports its round's ``accuracy`` and
+    ``loss`` in ``ledger.extra`` instead of being evaluated by the server.
     """
 
+    has_global_model: bool = True
     ledger: RoundLedger
     label_counts: dict[int, list[int]]
 
@@ -105,9 +108,13 @@ class Accounting:
 
     def _log_labels_once(self, replies: list[Message]) -> None:
         for msg in replies:
-            if msg.has_error() or records.CLIENT_INFO not in msg.content.config_records:
-                continue
-            info = msg.content.config_records[records.CLIENT_INFO]
+            if not msg.has_error():
+                self._log_client_once(msg.content)
+
+    def _log_client_once(self, content: RecordDict) -> None:
+        """Log a reply's ``client-info`` (partition, trainer, model, labels) the first time."""
+        if records.CLIENT_INFO in content.config_records:
+            info = content.config_records[records.CLIENT_INFO]
             pid = int(info[records.INFO_PARTITION])  # type: ignore[arg-type]
             if pid not in self.label_counts:
                 counts = [int(c) for c in info[records.INFO_LABEL_COUNTS]]  # type: ignore[union-attr]

@@ -19,7 +19,9 @@ ALLOWED: dict[str, set[str]] = {
                    "flwr.app", "flwr.serverapp", "flwr.common"},
     "clients": {"fedapp.config", "fedapp.task", "clients"},
     "fedapp.server_app": {"fedapp", "strategies", "flwr.app", "flwr.serverapp", "flwr.common"},
-    "fedapp.client_app": {"fedapp", "clients", "flwr.app", "flwr.clientapp", "flwr.common"},
+    "fedapp.client_app": {"fedapp.handlers", "flwr.app", "flwr.clientapp"},
+    "fedapp.handlers": {"fedapp.config", "fedapp.task", "fedapp.records", "fedapp.handlers",
+                        "clients", "flwr.app"},
     "fedapp.checkpoint": {"fedapp.config", "fedapp.results"},
     "fedapp.liveness": {"fedapp.config", "flwr.app", "flwr.serverapp", "flwr.common"},
 }

@@ -15,7 +15,7 @@ from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consis
 
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
-from clients.regularizers import FedGenRegularizer, draw_counts, fedgen_loss
+from clients.regularizers import draw_counts, fedgen_loss
 from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app

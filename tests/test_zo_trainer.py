@@ -57,7 +57,7 @@ def test_pass_counts(estimator: str, per_step: int) -> None:
 
 def test_no_graph_and_no_grad_buffers_ever() -> None:
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
-    model = build_model("fedgen-cnn", ImageSpec(1, 8, 8, 2), seed=0)
+    model = build_model("fedgen-cnn", spec, seed=0)
     graphs: list[bool] = []
 
     def watched(m: SplitModel, x: Tensor, y: Tensor) -> Tensor:

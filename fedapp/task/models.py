@@ -16,6 +16,9 @@ and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
   arranged as HERON-SFL's client front (SPEC §4.4, [INFERRED]): the first 3x3
   conv + BN + ReLU of stage 1 belongs to the stem, and the residual it skips
   starts at its output, so no skip connection crosses the default cut.
+- ``vtc-cnn-0.5/1/1.5/2``: FedVTC's heterogeneous zoo (SPEC §5.2, our reading of
+  Niu, Dong, Qin, arXiv 2508.01669): one CNN design at four channel multipliers,
+  each projecting into the common latent space of size p = 64.
 """
 
 from __future__ import annotations
@@ -234,6 +237,38 @@ class ResNet18ImageNet(SplitModel):
         self.latent_dim = c_in
 
 
+class VTCCNN(SplitModel):
+    """FedVTC zoo member: two conv blocks of width 16m and 32m, then a projection to p.
+
+    g_k = backbone_k + Linear(· -> p) into the latent space every client shares
+    (no ReLU after the projection: the latents are modelled as Gaussians).
+    No BatchNorm: statistics, the KL term, the decoder's DM term and evaluation
+    all read g_k(x), which must mean the same in training and evaluation mode
+    (with BN, one local epoch leaves running statistics far from batch ones).
+    h_k = Linear(p -> C). Parameters on MNIST at p = 64: m = 0.5 52 k, 1 106 k,
+    1.5 162 k, 2 220 k.
+    """
+
+    def __init__(self, spec: ImageSpec, width: float, latent_dim: int = 64) -> None:
+        super().__init__()
+        c1, c2 = max(1, round(16 * width)), max(1, round(32 * width))
+        conv = nn.Sequential(
+            nn.Conv2d(spec.channels, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
+            nn.Flatten(),
+        )
+        self.feature_net = nn.Sequential(conv, nn.Linear(_flat_dim(conv, spec), latent_dim))
+        self.head = nn.Linear(latent_dim, spec.num_classes)
+        self.latent_dim = latent_dim
+
+
+#: FedVTC's default zoo: the channel multipliers of SPEC §5.2.
+VTC_ZOO = ("vtc-cnn-0.5", "vtc-cnn-1", "vtc-cnn-1.5", "vtc-cnn-2")
+
 ModelFactory = Callable[[ImageSpec], SplitModel]
 
 MODELS: dict[str, ModelFactory] = {
@@ -244,6 +279,10 @@ MODELS: dict[str, ModelFactory] = {
     "resnet34": lambda spec: ResNet(spec, BasicBlock, [3, 4, 6, 3]),
     "resnet50": lambda spec: ResNet(spec, Bottleneck, [3, 4, 6, 3]),
     "resnet18-imagenet": ResNet18ImageNet,
+    "vtc-cnn-0.5": lambda spec: VTCCNN(spec, 0.5),
+    "vtc-cnn-1": lambda spec: VTCCNN(spec, 1.0),
+    "vtc-cnn-1.5": lambda spec: VTCCNN(spec, 1.5),
+    "vtc-cnn-2": lambda spec: VTCCNN(spec, 2.0),
 }
 
 

@@ -22,6 +22,7 @@ PURPOSE_ZO_STEP = 40  # ZO perturbation seeds (zo trainer, zo-seed); apart from 
 PURPOSE_FEDZGE_GENERATOR = 50
 PURPOSE_FEDZGE_SYNTH = 51
 PURPOSE_FEDZGE_QUERY = 52
+PURPOSE_VTC_NOISE = 60  # FedVTC: reparameterisation noise and synthetic latents
 
 
 def derive_seed(base: int, *parts: int) -> int:

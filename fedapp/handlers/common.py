@@ -1,0 +1,69 @@
+"""What every handler shares: config and node resolution, data, the FO/ZO fit plan, metrics."""
+
+from __future__ import annotations
+
+
+import torch
+from flwr.app import Context, Message
+
+from clients import (
+    FitPlan,
+    FitStats,
+    NodeSpec,
+    plan_for,
+    resolve_node,
+)
+from fedapp import records
+from fedapp.config import AppConfig, load_config, load_node_config
+from fedapp.task.data import ClientData, load_client_data
+from fedapp.task.models import SplitModel, build_model
+from fedapp.task.seeding import (
+    PURPOSE_DATA_ORDER,
+    derive_seed,
+)
+
+
+def prepare(context: Context) -> tuple[AppConfig, NodeSpec, ClientData]:
+    cfg = load_config(context.run_config)
+    node = resolve_node(load_node_config(context.node_config), cfg)
+    torch.set_num_threads(cfg.client.num_threads)
+    data = load_client_data(
+        cfg.data, cfg.seed, node.partition_id, node.num_partitions, node.data_path
+    )
+    return cfg, node, data
+
+
+def weights_model(node: NodeSpec, data: ClientData, msg: Message) -> SplitModel:
+    model = build_model(node.model, data.spec)
+    model.load_state_dict(records.unpack_arrays(msg.content))
+    return model
+
+
+def fit_plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:
+    config = records.round_config(msg.content)
+    server_round = int(config.get(records.SERVER_ROUND, 1))  # type: ignore[arg-type]
+    c = cfg.client
+    plan = FitPlan(
+        server_round=server_round,
+        lr=c.lr * c.lr_decay ** (server_round - 1),
+        local_epochs=c.local_epochs,
+        local_steps=c.local_steps,
+        batch_size=c.batch_size,
+        optimizer=c.optimizer,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
+        data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, server_round, node.partition_id),
+    )
+    return plan_for(plan, cfg, node)  # zo: the zo.* settings and this round's seeds
+
+
+def fit_metrics(stats: FitStats) -> dict[str, float | int]:
+    return {
+        records.NUM_EXAMPLES: stats.num_examples,
+        "train-loss": stats.train_loss,
+        "forward-passes": stats.forward_passes,
+        "backward-passes": stats.backward_passes,
+        "peak-mem-mb": stats.peak_mem_mb,
+        "train-s": stats.seconds,
+    }

@@ -1,0 +1,145 @@
+"""FedVTC clients (``train.stats``, ``train.decoder``, ``train.finetune``, ``evaluate.vtc``).
+
+Our reading of Niu, Dong, Qin, arXiv 2508.01669; contract in :class:`strategies.fedvtc.FedVTC`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flwr.app import Context, Message
+
+from clients import (
+    NodeSpec,
+)
+from clients import vtc
+from clients.faults import inject
+from fedapp import records
+from fedapp.config import AppConfig, load_node_config
+from fedapp.handlers import common
+from fedapp.task.data import ClientData, load_server_test
+from fedapp.task.evaluate import evaluate
+from fedapp.task.models import SplitModel, build_model
+from fedapp.task.partition import label_histogram
+from fedapp.task.seeding import (
+    PURPOSE_INIT,
+    PURPOSE_VTC_NOISE,
+    derive_seed,
+)
+from fedapp.task.stats import FeatureStats
+from fedapp.task.vtc import VTCDecoder, build_decoder
+
+
+def _vtc_prepare(
+    context: Context, msg: Message
+) -> tuple[AppConfig, NodeSpec, ClientData, SplitModel, vtc.VTCPlan]:
+    """Config, node (zoo model), data, this node's own classifier from ``context.state``, plan."""
+    cfg, node, data = common.prepare(context)
+    name = vtc.assign_model(
+        load_node_config(context.node_config).model, cfg.fedvtc.zoo_models(),
+        node.partition_id, cfg.model.name,
+    )
+    node = dataclasses.replace(node, model=name)
+    model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id))
+    if model.latent_dim != cfg.fedvtc.latent_dim:
+        raise ValueError(f"model {name!r} has latent size {model.latent_dim}, "
+                         f"fedvtc.latent-dim is {cfg.fedvtc.latent_dim}: use a vtc-cnn-* model")
+    if (state := records.load_state(context.state, records.VTC_STATE_CLASSIFIER)) is not None:
+        model.load_state_dict(state)
+    f = cfg.fedvtc
+    fit = common.fit_plan(cfg, node, msg)
+    plan = vtc.VTCPlan(
+        fit=fit, lambda_kl=f.lambda_kl, lambda_dm=f.lambda_dm, lambda_syn=f.lambda_syn,
+        delta=f.delta, decoder_lr=f.decoder_lr, decoder_epochs=f.decoder_epochs,
+        synthetic_batch=f.synthetic_batch, finetune_steps=f.finetune_steps, mix_real=f.mix_real,
+        dm=f.dm, noise_seed=derive_seed(cfg.seed, PURPOSE_VTC_NOISE, fit.server_round,
+                                        node.partition_id),
+        max_grad_norm=f.max_grad_norm,
+    )
+    return cfg, node, data, model, plan
+
+
+def _vtc_decoder(
+    cfg: AppConfig, node: NodeSpec, data: ClientData, msg: Message, context: Context
+) -> VTCDecoder:
+    """ψ: the server's (shared decoder), else this node's own from ``context.state`` or new."""
+    seed = derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id, 1)
+    decoder = build_decoder(cfg.fedvtc.latent_dim, data.spec, seed)
+    _, _, received = records.unpack_vtc_round(msg.content)
+    state = received or records.load_state(context.state, records.VTC_STATE_DECODER)
+    if state is not None:
+        decoder.load_state_dict(state)
+    return decoder
+
+
+def _global_stats(msg: Message) -> FeatureStats:
+    _, stats, _ = records.unpack_vtc_round(msg.content)
+    if stats is None:
+        raise ValueError(f"{msg.metadata.message_type} needs global-stats")
+    return stats
+
+
+def train_stats(msg: Message, context: Context) -> Message:
+    """FedVTC steps 1-2: train the own classifier, reply per-class feature statistics."""
+    cfg, node, data, model, plan = _vtc_prepare(context, msg)
+    _, global_stats, _ = records.unpack_vtc_round(msg.content)
+    fit = vtc.train_classifier(model, data.train, plan, global_stats, node.device)
+    records.save_state(context.state, records.VTC_STATE_CLASSIFIER, model.state_dict())
+    stats = vtc.feature_stats(model, data.train, data.spec.num_classes,
+                              cfg.server.eval_batch_size, node.device)
+    if cfg.client.faulty(node.partition_id):
+        stats = FeatureStats(**inject(cfg.client.fault, dataclasses.asdict(stats)))
+    metrics = {
+        records.NUM_EXAMPLES: fit.num_examples, "train-loss": fit.train_loss,
+        "forward-passes": fit.forward_passes, "backward-passes": fit.backward_passes,
+        "peak-mem-mb": fit.peak_mem_mb, "train-s": fit.seconds,
+    }
+    reply = records.pack_vtc_stats_reply(
+        stats, metrics, node.partition_id, node.trainer, node.model,
+        label_histogram(data.train.y, data.spec.num_classes),
+    )
+    return Message(reply, reply_to=msg)
+
+
+def train_decoder(msg: Message, context: Context) -> Message:
+    """FedVTC step 4: train ψ with the classifier frozen; reply ψ when it is shared."""
+    cfg, node, data, model, plan = _vtc_prepare(context, msg)
+    decoder = _vtc_decoder(cfg, node, data, msg, context)
+    opt_state = records.load_state(context.state, records.VTC_STATE_DECODER_OPT)
+    out, opt_state = vtc.train_decoder(model, decoder, data.train, _global_stats(msg), plan,
+                                       opt_state, node.device)
+    records.save_state(context.state, records.VTC_STATE_DECODER, decoder.state_dict())
+    records.save_state(context.state, records.VTC_STATE_DECODER_OPT, opt_state)
+    metrics = {records.NUM_EXAMPLES: out.num_examples, records.VTC_LOSS: out.vtc_loss,
+               "rec-loss": out.rec_loss, "dm-loss": out.dm_loss, "train-s": out.seconds}
+    shared = records.pack_arrays(decoder.state_dict()) if cfg.fedvtc.share_decoder else None
+    return Message(records.pack_vtc_reply(metrics, records.VTC_DECODER_METRICS, shared),
+                   reply_to=msg)
+
+
+def train_finetune(msg: Message, context: Context) -> Message:
+    """FedVTC step 5: fine-tune the whole classifier on ψ's synthetic images (and real data)."""
+    cfg, node, data, model, plan = _vtc_prepare(context, msg)
+    decoder = VTCDecoder(cfg.fedvtc.latent_dim, data.spec)
+    state = records.load_state(context.state, records.VTC_STATE_DECODER)
+    if state is None:
+        raise ValueError("train.finetune before train.decoder: this node has no decoder yet")
+    decoder.load_state_dict(state)
+    fit = vtc.finetune(model, decoder, data.train, _global_stats(msg), plan, node.device)
+    records.save_state(context.state, records.VTC_STATE_CLASSIFIER, model.state_dict())
+    metrics = {records.NUM_EXAMPLES: fit.num_examples, records.FINETUNE_LOSS: fit.train_loss,
+               "train-s": fit.seconds}
+    return Message(records.pack_vtc_reply(metrics, records.VTC_FINETUNE_METRICS), reply_to=msg)
+
+
+def evaluate_vtc(msg: Message, context: Context) -> Message:
+    """This node's own classifier on the global test set and on its local test split."""
+    cfg, node, data, model, _ = _vtc_prepare(context, msg)
+    test, _ = load_server_test(cfg.data, cfg.seed)
+    batch = cfg.server.eval_batch_size
+    on_global = evaluate(model, test, batch, node.device)
+    on_local = evaluate(model, data.test, batch, node.device)
+    metrics = {records.NUM_EXAMPLES: on_global.num_examples,
+               records.EVAL_LOSS: on_global.loss, records.EVAL_ACC: on_global.accuracy,
+               records.EVAL_LOSS_LOCAL: on_local.loss, records.EVAL_ACC_LOCAL: on_local.accuracy}
+    return Message(records.pack_vtc_reply(metrics, records.VTC_EVAL_METRICS), reply_to=msg)

@@ -1,0 +1,65 @@
+"""FedAvg, FedProx and FedGen clients: train on weights, evaluate locally (``train``, ``evaluate``)."""
+
+from __future__ import annotations
+
+
+from flwr.app import Context, Message
+
+from clients import (
+    TRAINERS,
+    FitPlan,
+    NodeSpec,
+)
+from clients.base import LossFn, cross_entropy_loss
+from clients.faults import inject
+from clients.regularizers import LABEL_COUNTS, fedgen_loss
+from fedapp import records
+from fedapp.config import AppConfig
+from fedapp.handlers import common
+from fedapp.task.evaluate import evaluate
+from fedapp.task.fedgen import PURPOSE_FEDGEN_CLIENT
+from fedapp.task.models import SplitModel
+from fedapp.task.seeding import (
+    derive_seed,
+)
+
+
+def _loss_fn(
+    cfg: AppConfig, node: NodeSpec, msg: Message, plan: FitPlan, model: SplitModel, classes: int
+) -> LossFn:
+    """The plain objective, or FedGen's regularised one when the message carries a generator."""
+    rnd = records.unpack_fedgen(msg.content)
+    if rnd is None:
+        return cross_entropy_loss
+    seed = derive_seed(cfg.seed, PURPOSE_FEDGEN_CLIENT, plan.server_round, node.partition_id)
+    return fedgen_loss(rnd, cfg.fedgen, classes, model.latent_dim, plan.batch_size, seed)
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Local update with this node's trainer; reply weights, metrics and label counts."""
+    cfg, node, data = common.prepare(context)
+    model = common.weights_model(node, data, msg)
+    plan = common.fit_plan(cfg, node, msg)
+    loss_fn = _loss_fn(cfg, node, msg, plan, model, data.spec.num_classes)
+    stats = TRAINERS[node.trainer]().fit(model, data.train, plan, node.device, loss_fn=loss_fn)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if cfg.client.faulty(node.partition_id):
+        state = inject(cfg.client.fault, state)
+    reply = records.pack_train_reply(
+        records.pack_arrays(state),
+        common.fit_metrics(stats),
+        node.partition_id,
+        node.trainer,
+        node.model,
+        LABEL_COUNTS[cfg.fedgen.label_counts](data.train, plan, data.spec.num_classes),
+    )
+    return Message(reply, reply_to=msg)
+
+
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this node's local test split."""
+    cfg, node, data = common.prepare(context)
+    model = common.weights_model(node, data, msg)
+    result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
+    reply = records.pack_eval_reply(result.num_examples, result.loss, result.accuracy)
+    return Message(reply, reply_to=msg)
