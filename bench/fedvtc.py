@@ -43,12 +43,12 @@ import torch
 
 from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
-from clients.vtc import VTCPlan, assign_model, train_classifier
+from clients.vtc import VTCPlan, train_classifier
 from fedapp.config import AppConfig, load_config
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
-from fedapp.task.models import SplitModel, build_model
+from fedapp.task.models import VTC_ZOO, SplitModel, build_model
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 METHODS = ("local-only", "local-only-2x", "fedvtc", "fedvtc-synthetic", "fedvtc-stats", "fedavg")
@@ -70,7 +70,7 @@ def run_config(args: argparse.Namespace, method: str, alpha: float, seed: int,
         cfg.update({"strategy": "fedavg", "model.name": "vtc-cnn-1",
                     "server.fraction-evaluate": 0.0})  # local splits are scored below
     else:
-        cfg.update({"strategy": "fedvtc",
+        cfg.update({"strategy": "fedvtc", "model.clients": ",".join(VTC_ZOO),
                     "fedvtc.share-decoder": method != "fedvtc-stats",
                     "fedvtc.mix-real": method != "fedvtc-synthetic"})
     return cfg
@@ -119,11 +119,11 @@ def run_local_only(cfg_dict: dict[str, Any], num_clients: int) -> dict[str, Any]
     """Each client alone: R passes of FedVTC's step 1 without the KL term; nothing sent."""
     cfg = load_config(cfg_dict)
     test, _ = load_server_test(cfg.data, cfg.seed)
-    zoo, f, c = cfg.fedvtc.zoo_models(), cfg.fedvtc, cfg.client
+    f, c = cfg.fedvtc, cfg.client
     models: dict[int, SplitModel] = {}
     for pid in range(num_clients):
         data = load_client_data(cfg.data, cfg.seed, pid, num_clients)
-        name = assign_model(None, zoo, pid, cfg.model.name)
+        name = cfg.model.for_partition(pid)
         model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, pid))
         for rnd in range(1, cfg.num_server_rounds + 1):
             fit = FitPlan(server_round=rnd, lr=c.lr * c.lr_decay ** (rnd - 1),
@@ -139,7 +139,7 @@ def run_local_only(cfg_dict: dict[str, Any], num_clients: int) -> dict[str, Any]
             train_classifier(model, data.train, plan, None, DEVICE)
         models[pid] = model
     per_client = [evaluate(m, test, 500, DEVICE).accuracy for m in models.values()]
-    names = [assign_model(None, zoo, pid, cfg.model.name) for pid in models]
+    names = [cfg.model.for_partition(pid) for pid in models]
     per_model = {n: statistics.fmean(a for a, m in zip(per_client, names) if m == n)
                  for n in sorted(set(names))}
     return {"accuracy": statistics.fmean(per_client),

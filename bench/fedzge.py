@@ -86,7 +86,7 @@ def fedzge_config(base: dict[str, Any], args: argparse.Namespace, transport: str
         **base,
         "strategy": "fedzge",
         "model.name": GLOBAL_MODEL,
-        "fedzge.client-models": CLIENT_ZOO,
+        "model.clients": CLIENT_ZOO,
         "fedzge.synthetic-samples": args.synthetic,
         "fedzge.direction-transport": transport,
         "fedzge.client-eval": "final",
@@ -101,7 +101,7 @@ def local_only(cfg: AppConfig, clients: int) -> tuple[list[float], float]:
     accs, models, sizes, images = [], [], [], []
     for pid in range(clients):
         data = load_client_data(cfg.data, cfg.seed, pid, clients)
-        name = cfg.fedzge.model_for(pid) or cfg.model.name
+        name = cfg.model.for_partition(pid)
         model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, pid + 1))
         for rnd in range(1, cfg.num_server_rounds + 1):
             seed = derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid)

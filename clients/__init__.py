@@ -52,7 +52,7 @@ def resolve_node(node: NodeConfig, cfg: AppConfig) -> NodeSpec:
         partition_id=node.partition_id,
         num_partitions=node.num_partitions,
         trainer=trainer,
-        model=node.model or cfg.model.name,
+        model=node.model or cfg.model.for_partition(node.partition_id),
         device=resolve_device(node.device or cfg.client.device),
         data_path=node.data_path or None,
     )

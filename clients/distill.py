@@ -4,7 +4,7 @@ Paper: Ma, Wang, Zhang, AAAI 2025, arXiv 2503.06028; official ``client.py`` (SPE
 The model's weights never leave the node: the ClientApp keeps them in the node's
 context state, and the only things a client sends are its example count, logits
 of the server's synthetic images and scalar metrics. Each node may run its own
-architecture (:func:`private_model_name`). Tensors in, tensors out: no Flower here.
+architecture (``model.clients`` or node-config ``model``). Tensors in, tensors out: no Flower here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from clients.base import FitPlan, FitStats, measured
-from fedapp.config import AppConfig, NodeConfig
+from fedapp.config import AppConfig
 from fedapp.task.data import Arrays
 from fedapp.task.evaluate import evaluate
 from fedapp.task.fedzge import answer_queries, distill, seeded_queries
@@ -22,11 +22,6 @@ from fedapp.task.models import SplitModel
 
 #: Reported for an accuracy that was not measured (``fedzge.client-eval``, empty split).
 NOT_MEASURED = -1.0
-
-
-def private_model_name(node: NodeConfig, cfg: AppConfig) -> str:
-    """Node-config ``model`` first, then ``fedzge.client-models``, then ``model.name``."""
-    return node.model or cfg.fedzge.model_for(node.partition_id) or cfg.model.name
 
 
 def local_plan(cfg: AppConfig, server_round: int, data_seed: int) -> FitPlan:

@@ -77,13 +77,6 @@ class DecoderStats:
     seconds: float
 
 
-def assign_model(own: str | None, zoo: list[str], partition_id: int, default: str) -> str:
-    """A node's architecture: its node-config ``model``, else the zoo round-robin, else ``default``."""
-    if own:
-        return own
-    return zoo[partition_id % len(zoo)] if zoo else default
-
-
 def train_classifier(
     model: SplitModel,
     data: Arrays,

@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge", "fedvtc"]
 TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
@@ -47,6 +54,9 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "fedzge": frozenset({"fo"}),
     "fedvtc": frozenset({"fo"}),
 }
+
+#: Strategies whose clients may run architectures of their own (``model.clients``, node-config).
+HETEROGENEOUS = frozenset({"fedzge", "fedvtc"})
 
 
 class ConfigError(ValueError):
@@ -82,12 +92,42 @@ class DataConfig(Section):
     min_partition_size: int = Field(ge=0)
     classes_per_client: int = Field(ge=1)  # pathological partition
     global_test_size: float = Field(gt=0, lt=1)  # held out before partitioning (offline data)
+    val_size: float = Field(ge=0, lt=1)  # server validation split, also held out (offline, local)
     local_test_size: float = Field(ge=0, lt=1)  # per-client local test split
     cache_dir: str  # "" -> $XDG_CACHE_HOME/fedzg
 
 
+def parse_model_map(text: str) -> dict[int, str] | list[str]:
+    """``"0:cnn,1:mlp"`` -> {0: "cnn", 1: "mlp"}; ``"cnn,mlp"`` -> ["cnn", "mlp"] (round-robin)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    ids = [p.partition(":")[0].strip() if ":" in p else None for p in parts]
+    models = [p.partition(":")[2].strip() if ":" in p else p for p in parts]
+    allowed = set(get_args(ModelName))
+    if bad := [m for m in models if m not in allowed]:
+        raise ValueError(f"unknown model(s) {bad}; allowed: {', '.join(sorted(allowed))}")
+    if all(i is None for i in ids):
+        return models
+    if not all(i is not None and i.isdigit() for i in ids):
+        raise ValueError(f"expected 'id:model,...' or 'model,...', got {text!r}")
+    return {int(i): m for i, m in zip(ids, models, strict=True) if i is not None}
+
+
 class ModelConfig(Section):
-    name: ModelName
+    name: ModelName  # the global model, and every client's unless `clients` or node-config say otherwise
+    clients: str  # client architectures: "0:cnn,1:mlp" by partition id or "cnn,mlp" round-robin
+
+    @field_validator("clients")
+    @classmethod
+    def _clients(cls, value: str) -> str:
+        parse_model_map(value)
+        return value
+
+    def for_partition(self, partition_id: int) -> str:
+        """This partition's architecture: :attr:`clients` if it names one, else :attr:`name`."""
+        mapping = parse_model_map(self.clients)
+        if isinstance(mapping, list):
+            return mapping[partition_id % len(mapping)] if mapping else self.name
+        return mapping.get(partition_id, self.name)
 
 
 class ClientConfig(Section):
@@ -219,41 +259,14 @@ class FedZGEConfig(Section):
     direction_transport: Literal["seed", "tensor"]  # Z3
     exact_diversity: bool  # Z4
     estimator: Literal["batch", "per-sample"]  # one loss difference per batch (official) or sample
-    select: Literal["final"]  # Z5: the final round is reported, never a test-selected one
-    client_models: str  # "0:cnn,1:mlp" (by partition id) or "cnn,mlp" (round-robin)
+    select: Literal["final", "best_on_val"]  # Z5: never a test-selected round
     client_eval: Literal["every", "final", "none"]  # rounds in which clients report accuracy
 
-    @model_validator(mode="after")
-    def _models(self) -> Self:
-        parse_model_map(self.client_models)
-        return self
 
-    def model_for(self, partition_id: int) -> str | None:
-        """This partition's architecture from :attr:`client_models`, or ``None``."""
-        mapping = parse_model_map(self.client_models)
-        if isinstance(mapping, list):
-            return mapping[partition_id % len(mapping)] if mapping else None
-        return mapping.get(partition_id)
-
-
-def parse_model_map(text: str) -> dict[int, str] | list[str]:
-    """``"0:cnn,1:mlp"`` -> {0: "cnn", 1: "mlp"}; ``"cnn,mlp"`` -> ["cnn", "mlp"] (round-robin)."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    ids = [p.partition(":")[0].strip() if ":" in p else None for p in parts]
-    models = [p.partition(":")[2].strip() if ":" in p else p for p in parts]
-    allowed = set(get_args(ModelName))
-    if bad := [m for m in models if m not in allowed]:
-        raise ValueError(f"unknown model(s) {bad}; allowed: {', '.join(sorted(allowed))}")
-    if all(i is None for i in ids):
-        return models
-    if not all(i is not None and i.isdigit() for i in ids):
-        raise ValueError(f"expected 'id:model,...' or 'model,...', got {text!r}")
-    return {int(i): m for i, m in zip(ids, models, strict=True) if i is not None}
 class FedVTCConfig(Section):
     """FedVTC, our reading of the paper (SPEC §5.2-5.4; Niu, Dong, Qin, arXiv 2508.01669)."""
 
     latent_dim: int = Field(gt=0)  # p: every classifier's projection size
-    zoo: str  # comma-separated models dealt round-robin by partition id ("" = model.name)
     share_decoder: bool  # V2: FedAvg the decoder ψ across clients (false: statistics only)
     finetune: Literal["every_round", "final_only"]  # V4: when synthetic fine-tuning runs
     mix_real: bool  # V4: fine-tune on real + synthetic (false: synthetic only)
@@ -268,18 +281,6 @@ class FedVTCConfig(Section):
     synthetic_batch: int = Field(gt=0)  # synthetic samples per fine-tuning step
     finetune_steps: int = Field(ge=0)  # 0 = one pass of the local data (ceil(n / B) steps)
     max_grad_norm: float = Field(ge=0)  # clip classifier gradients (steps 1, 5); 0 = off
-
-    @model_validator(mode="after")
-    def _zoo_names(self) -> Self:
-        allowed = set(get_args(ModelName))
-        unknown = [m for m in self.zoo_models() if m not in allowed]
-        if unknown:
-            raise ValueError(f"unknown models {unknown} in zoo (allowed: {sorted(allowed)})")
-        return self
-
-    def zoo_models(self) -> list[str]:
-        """The zoo as a list (empty: every node uses ``model.name`` or its node-config)."""
-        return [m.strip() for m in self.zoo.split(",") if m.strip()]
 
 
 class AppConfig(Section):
@@ -319,6 +320,24 @@ class AppConfig(Section):
             raise ValueError(
                 "server.fraction-evaluate > 0 needs data.local-test-size > 0 "
                 "(clients evaluate on their local test split)"
+            )
+        if self.model.clients and self.strategy not in HETEROGENEOUS:
+            raise ValueError(
+                f"model.clients = {self.model.clients!r} gives clients their own architectures, "
+                f"which strategy {self.strategy!r} cannot aggregate (allowed with: "
+                f"{', '.join(sorted(HETEROGENEOUS))})"
+            )
+        if self.data.val_size > 0 and self.data.dataset not in ("mnist-offline", "digits", "local"):
+            raise ValueError(
+                f"data.val-size = {self.data.val_size} needs offline or local data "
+                f"(a validation split of hub dataset {self.data.dataset!r} is not implemented)"
+            )
+        if self.strategy == "fedzge" and self.fedzge.select == "best_on_val" and not (
+            self.data.val_size > 0
+        ):
+            raise ValueError(
+                "fedzge.select = 'best_on_val' needs data.val-size > 0 (a validation split "
+                "held out of the training data; the test set never selects a round)"
             )
         if self.strategy == "fedvtc" and self.data.local_test_size == 0:
             raise ValueError("strategy 'fedvtc' needs data.local-test-size > 0 "

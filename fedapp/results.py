@@ -4,6 +4,7 @@
 - ``metrics.jsonl``: one JSON object per server round (round 0 is the initial model);
 - ``clients.json``: each client partition's label histogram, trainer and model;
 - ``model.pt``: the latest global model (written by the ServerApp each round);
+- ``selected.json``: the round the run reports (:func:`select_round`) and its numbers;
 - ``curves.png``: accuracy, loss and bytes per round (:mod:`fedapp.plots`).
 
 Every file is written whole to a temporary name and renamed into place, so a
@@ -59,6 +60,23 @@ def read_rounds(directory: Path) -> list[dict[str, Any]]:
     """The rows of ``metrics.jsonl`` (for plots, benchmarks and tests)."""
     path = directory / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def select_round(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+    """The round a run reports: ``final`` (the last row) or ``best_on_val``.
+
+    ``best_on_val`` takes the highest ``val-accuracy`` over the trained rounds (round 0
+    is the initial model; ties go to the earliest round). Test accuracy never selects.
+    """
+    if rule == "final":
+        chosen = rows[-1]
+    elif rule == "best_on_val":
+        trained = [r for r in rows if r["round"] > 0 and "val-accuracy" in r] or rows[-1:]
+        chosen = max(trained, key=lambda r: (r.get("val-accuracy", float("-inf")), -r["round"]))
+    else:
+        raise ValueError(f"unknown selection rule {rule!r} (allowed: final, best_on_val)")
+    keys = ("round", "accuracy", "loss", "val-accuracy", "val-loss")
+    return {"rule": rule, **{k: chosen[k] for k in keys if k in chosen}}
 
 
 class ResultsWriter:

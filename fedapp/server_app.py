@@ -27,8 +27,8 @@ from fedapp.checkpoint import (
 from fedapp.config import AppConfig, ConfigError, load_config
 from fedapp.liveness import LivenessGrid, NodesUnavailable
 from fedapp.plots import plot_curves
-from fedapp.results import ResultsWriter, run_dir
-from fedapp.task.data import DataError, load_server_test
+from fedapp.results import ResultsWriter, run_dir, select_round
+from fedapp.task.data import DataError, load_server_test, load_server_val
 from fedapp.task.evaluate import EvalResult, evaluate, resolve_device
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_SAMPLING, derive_seed
@@ -79,6 +79,7 @@ class RoundRecorder:
         self.cfg, self.strategy, self.writer, self.model = cfg, strategy, writer, model
         self.device = resolve_device(cfg.client.device)
         self.test, _ = load_server_test(cfg.data, cfg.seed)
+        self.val = load_server_val(cfg.data, cfg.seed)
         self.t_last = time.perf_counter()
         self.t_start = self.t_last - elapsed_s  # a resumed run keeps counting
 
@@ -90,6 +91,7 @@ class RoundRecorder:
             "round": server_round,
             "accuracy": result.accuracy,
             "loss": result.loss,
+            **self._validate(arrays),
             **ledger.as_row(),
             "wall-s": round(now - self.t_last, 4),
             "elapsed-s": round(now - self.t_start, 4),
@@ -121,6 +123,14 @@ class RoundRecorder:
             return EvalResult(extra.pop("loss", nan), extra.pop("accuracy", nan), len(self.test))
         self.model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(self.model, self.test, self.cfg.server.eval_batch_size, self.device)
+
+    def _validate(self, arrays: ArrayRecord) -> dict[str, float]:
+        """``val-accuracy`` and ``val-loss`` of the global model when there is a validation split."""
+        if self.val is None or not self.strategy.has_global_model:
+            return {}
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(self.model, self.val, self.cfg.server.eval_batch_size, self.device)
+        return {"val-accuracy": result.accuracy, "val-loss": result.loss}
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         Checkpoint(
@@ -195,11 +205,16 @@ def main(grid: Grid, context: Context) -> None:
         return
     writer.write_json("clients.json", {str(k): v for k, v in sorted(strategy.label_counts.items())})
     plot_curves(writer.rows, out / "curves.png", title=f"{cfg.strategy} on {cfg.data.dataset}")
-    last = writer.rows[-1]
+    last, chosen = writer.rows[-1], select_round(writer.rows, strategy.select)
+    writer.write_json("selected.json", chosen)
     log(
         INFO,
-        "fedzg: done, final accuracy %.4f after %d rounds; results in %s",
+        "fedzg: done, final accuracy %.4f after %d rounds; reported (%s) round %d, accuracy "
+        "%.4f; results in %s",
         last["accuracy"],
         last["round"],
+        chosen["rule"],
+        chosen["round"],
+        chosen["accuracy"],
         out,
     )

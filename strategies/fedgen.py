@@ -34,8 +34,6 @@ from fedapp import records
 from fedapp.config import AppConfig, FedGenConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.fedgen import (
-    PURPOSE_FEDGEN_INIT,
-    PURPOSE_FEDGEN_SERVER,
     GeneratorLosses,
     GeneratorPlan,
     LatentGenerator,
@@ -46,7 +44,12 @@ from fedapp.task.fedgen import (
     train_generator,
 )
 from fedapp.task.models import SplitModel, build_model
-from fedapp.task.seeding import derive_seed, torch_generator
+from fedapp.task.seeding import (
+    PURPOSE_FEDGEN_INIT,
+    PURPOSE_FEDGEN_SERVER,
+    derive_seed,
+    torch_generator,
+)
 from strategies.fedavg import common_kwargs
 from strategies.screened import Screened
 

@@ -111,6 +111,7 @@ class FedZGE(PhasedStrategy):
         self.generator_optimizer = self._generator_optimizer()
         self.server_optimizer = self._server_optimizer()
         self.round = 0
+        self.select = cfg.select
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> FedZGE:

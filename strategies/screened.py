@@ -70,6 +70,7 @@ class Accounting:
     """
 
     has_global_model: bool = True
+    select: str = "final"  # the round the run reports (fedapp.results.select_round)
     ledger: RoundLedger
     label_counts: dict[int, list[int]]
 

@@ -6,19 +6,20 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, pyproject_run_config
 
 from clients import TRAINERS
-from conftest import ROOT, pyproject_run_config
 from fedapp.config import (
     ACCEPTS,
     ConfigError,
     StrategyName,
     TrainerName,
+    literal_values,
     load_config,
     load_node_config,
-    literal_values,
     unflatten,
 )
+from fedapp.task import seeding
 from strategies import STRATEGIES
 
 PRESETS = sorted((ROOT / "fedapp" / "presets").glob("*.toml"))
@@ -79,6 +80,15 @@ def test_cross_field_rules() -> None:
         load_config({**base, "data.local-test-size": 0.0})
     with pytest.raises(ConfigError, match="needs data.path"):
         load_config({**base, "data.dataset": "local"})
+    with pytest.raises(ConfigError, match="model.clients = 'cnn,mlp' .* strategy 'fedavg'"):
+        load_config({**base, "model.clients": "cnn,mlp"})
+    with pytest.raises(ConfigError, match="model.clients.*unknown model"):
+        load_config({**base, "strategy": "fedzge", "model.clients": "0:vgg"})
+
+
+def test_seed_purposes_are_distinct() -> None:
+    purposes = {k: v for k, v in vars(seeding).items() if k.startswith("PURPOSE_")}
+    assert len(set(purposes.values())) == len(purposes), purposes
 
 
 def test_unflatten_dotted_keys() -> None:

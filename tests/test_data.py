@@ -11,8 +11,10 @@ import pytest
 from fedapp.config import DataConfig, load_config
 from fedapp.task.data import (
     DataError,
+    _digits,
     load_client_data,
     load_server_test,
+    load_server_val,
     read_local,
 )
 from fedapp.task.partition import label_histogram, make_partitioner, partition_indices
@@ -52,6 +54,19 @@ def test_global_test_is_held_out(run_config: dict) -> None:
     train = load_client_data(cfg, 0, 0, 2)
     assert not fingerprint(train.train.x) & fingerprint(test.x)
     assert not fingerprint(train.train.x) & fingerprint(train.test.x)
+
+
+def test_validation_split_is_held_out_of_every_partition(run_config: dict) -> None:
+    plain = data_cfg(run_config, dataset="digits", partition="iid")
+    cfg = data_cfg(run_config, dataset="digits", partition="iid", val_size=0.1)
+    assert load_server_val(plain, 0) is None
+    val, (test, _) = load_server_val(cfg, 0), load_server_test(cfg, 0)
+    assert val is not None and len(val) == round(1797 * 0.1)
+    assert fingerprint(test.x) == fingerprint(load_server_test(plain, 0)[0].x)  # test unchanged
+    parts = all_partitions(cfg, 3)
+    seen = set().union(*(fingerprint(p.train.x) | fingerprint(p.test.x) for p in parts))
+    assert not seen & fingerprint(val.x) and not fingerprint(val.x) & fingerprint(test.x)
+    assert len(seen) + len(val) + len(test) == len(fingerprint(_digits().x))
 
 
 def test_partition_is_deterministic_for_a_seed(run_config: dict) -> None:

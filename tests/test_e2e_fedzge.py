@@ -27,7 +27,7 @@ def test_fedzge_run_with_three_client_architectures(flwr: FlwrCli, tmp_path: Pat
     config = (
         f'output-dir="{tmp_path}" data.cache-dir="{CACHE}" run-name="zge" strategy="fedzge" '
         'num-server-rounds=2 data.dataset="digits" data.partition="iid" model.name="mlp" '
-        'fedzge.client-models="0:fedgen-cnn,1:mlp,2:cnn" fedzge.synthetic-samples=40 '
+        'model.clients="0:fedgen-cnn,1:mlp,2:cnn" fedzge.synthetic-samples=40 '
         'fedzge.num-directions=3 fedzge.latent-dim=16 fedzge.generator-width=8 '
         'fedzge.local-epochs=2 fedzge.batch-size=64 fedzge.server-steps=3 fedzge.distill-steps=3'
     )

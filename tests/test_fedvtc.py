@@ -30,7 +30,7 @@ def vtc(run_config: dict) -> dict:
         "data.alpha": 1.0,
         "num-server-rounds": 3,
         "client.local-epochs": 2,
-        "fedvtc.zoo": ZOO,
+        "model.clients": ZOO,
     }
 
 

@@ -26,7 +26,7 @@ def test_fedvtc_run_with_two_architectures(flwr: FlwrCli, tmp_path: Path) -> Non
     run_config = (
         f'output-dir="{tmp_path}" data.cache-dir="{CACHE}" run-name="vtc" strategy="fedvtc" '
         f'num-server-rounds=2 data.dataset="digits" data.alpha=1.0 client.local-epochs=2 '
-        f'fedvtc.zoo="vtc-cnn-0.5,vtc-cnn-1"'
+        f'model.clients="vtc-cnn-0.5,vtc-cnn-1"'
     )
     entry, log = flwr.run(run_config, "num-supernodes=3 client-resources-num-cpus=1", timeout=300)
     assert entry["status"] == "finished:completed", log[-3000:]

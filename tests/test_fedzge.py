@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from flwr.app import Context, Message, RecordDict
 from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
-from fedapp.config import load_config
+from fedapp.config import ConfigError, load_config
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from fedapp.task.data import load_server_test
@@ -32,7 +33,7 @@ def small(run_config: dict) -> dict:
         "data.partition": "iid",
         "num-server-rounds": 2,
         "model.name": "mlp",
-        "fedzge.client-models": MODELS,
+        "model.clients": MODELS,
         "fedzge.synthetic-samples": 40,
         "fedzge.num-directions": 3,
         "fedzge.latent-dim": 16,
@@ -86,6 +87,19 @@ def test_full_rounds_with_three_architectures(small: dict) -> None:
     assert rows[-1]["client-acc-before"] > 0.3
     initial = build_model("mlp", spec, seed=derive_seed(small["seed"], PURPOSE_INIT)).state_dict()
     assert any(not torch.equal(v, initial[k]) for k, v in saved["state_dict"].items())
+
+
+def test_best_on_val_reports_the_round_the_validation_split_picks(small: dict) -> None:
+    cfg = {**small, "num-server-rounds": 3, "data.val-size": 0.1, "fedzge.select": "best_on_val"}
+    _, out = run(cfg)
+    rows = read_rounds(out)
+    assert all("val-accuracy" in r for r in rows)
+    best = max(rows[1:], key=lambda r: (r["val-accuracy"], -r["round"]))
+    selected = json.loads((out / "selected.json").read_text())
+    assert selected["rule"] == "best_on_val" and selected["round"] == best["round"]
+    assert selected["accuracy"] == best["accuracy"]  # the test accuracy of that round, not the max
+    with pytest.raises(ConfigError, match="best_on_val' needs data.val-size > 0"):
+        load_config({**small, "fedzge.select": "best_on_val"})
 
 
 def test_no_client_weights_ever_leave_a_client(small: dict) -> None:

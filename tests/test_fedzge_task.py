@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clients.distill import query_answer
-from fedapp.config import FedZGEConfig, parse_model_map
+from fedapp.config import FedZGEConfig, ModelConfig, parse_model_map
 from fedapp.task import fedzge as zge
 from fedapp.task.models import ImageSpec, build_model
 from fedapp.task.zo import unit_directions
@@ -179,9 +179,10 @@ def test_client_model_map_by_id_or_round_robin() -> None:
     for bad in ("0:vgg", "0:cnn,mlp", "x:cnn"):
         with pytest.raises(ValueError):
             parse_model_map(bad)
-    fields = {name: None for name in FedZGEConfig.model_fields}
-    cfg = FedZGEConfig.model_construct(**{**fields, "client_models": "cnn,mlp,fedgen-cnn"})
-    assert [cfg.model_for(i) for i in range(4)] == ["cnn", "mlp", "fedgen-cnn", "cnn"]
+    cfg = ModelConfig(name="resnet18", clients="cnn,mlp,fedgen-cnn")
+    assert [cfg.for_partition(i) for i in range(4)] == ["cnn", "mlp", "fedgen-cnn", "cnn"]
+    assert ModelConfig(name="mlp", clients="1:cnn").for_partition(0) == "mlp"
+    assert ModelConfig(name="mlp", clients="").for_partition(3) == "mlp"
 
 
 def test_per_sample_coefficients_reduce_the_variance_of_the_estimate() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from fedapp import results
 from fedapp.plots import plot_curves
-from fedapp.results import ROUND_KEYS, ResultsWriter, read_rounds
+from fedapp.results import ROUND_KEYS, ResultsWriter, read_rounds, select_round
 
 
 def row(r: int) -> dict:
@@ -46,3 +46,18 @@ def test_a_crash_mid_write_leaves_the_previous_file(tmp_path: Path, monkeypatch)
 def test_run_dir_is_absolute(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert results.run_dir("results", "x") == tmp_path.resolve() / "results" / "x"
+
+
+def test_select_round_final_or_best_on_validation() -> None:
+    rows = [
+        {"round": 0, "accuracy": 0.1, "loss": 2.3, "val-accuracy": 0.9},  # never the initial model
+        {"round": 1, "accuracy": 0.5, "loss": 1.0, "val-accuracy": 0.6},
+        {"round": 2, "accuracy": 0.9, "loss": 0.4, "val-accuracy": 0.7},
+        {"round": 3, "accuracy": 0.8, "loss": 0.5, "val-accuracy": 0.7},
+    ]
+    assert select_round(rows, "final")["round"] == 3
+    best = select_round(rows, "best_on_val")
+    assert best == {"rule": "best_on_val", "round": 2, "accuracy": 0.9, "loss": 0.4,
+                    "val-accuracy": 0.7}  # ties go to the earlier round
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select_round(rows, "best_on_test")

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clients import resolve_node
 from clients.base import FitPlan
-from clients.vtc import VTCPlan, assign_model, feature_stats, finetune, train_decoder
+from clients.vtc import VTCPlan, feature_stats, finetune, train_decoder
+from fedapp.config import NodeConfig, load_config
 from fedapp.task.data import Arrays
 from fedapp.task.models import VTC_ZOO, ImageSpec, build_model
 from fedapp.task.stats import FeatureStats, class_stats
@@ -57,11 +59,13 @@ def test_zoo_models_share_the_latent_size_and_differ_in_width() -> None:
     assert all(m.features(torch.zeros(2, 1, 28, 28)).shape == (2, P) for m in models)
 
 
-def test_models_are_assigned_from_node_config_then_round_robin() -> None:
-    zoo = ["a", "b", "c"]
-    assert [assign_model(None, zoo, i, "d") for i in range(4)] == ["a", "b", "c", "a"]
-    assert assign_model("x", zoo, 1, "d") == "x"
-    assert assign_model(None, [], 1, "d") == "d"
+def test_models_are_assigned_from_node_config_then_model_clients(run_config: dict) -> None:
+    cfg = load_config({**run_config, "strategy": "fedvtc", "model.clients": "vtc-cnn-1,vtc-cnn-2"})
+    node = lambda pid, **kw: NodeConfig(partition_id=pid, num_partitions=3, **kw)  # noqa: E731
+    assert [resolve_node(node(i), cfg).model for i in range(3)] == [
+        "vtc-cnn-1", "vtc-cnn-2", "vtc-cnn-1"
+    ]
+    assert resolve_node(node(1, model="vtc-cnn-0.5"), cfg).model == "vtc-cnn-0.5"
 
 
 def toy_stats() -> FeatureStats:

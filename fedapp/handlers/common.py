@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-
 import torch
 from flwr.app import Context, Message
 
-from clients import (
-    FitPlan,
-    FitStats,
-    NodeSpec,
-    plan_for,
-    resolve_node,
-)
+from clients import FitPlan, FitStats, NodeSpec, plan_for, resolve_node
 from fedapp import records
 from fedapp.config import AppConfig, load_config, load_node_config
 from fedapp.task.data import ClientData, load_client_data
 from fedapp.task.models import SplitModel, build_model
-from fedapp.task.seeding import (
-    PURPOSE_DATA_ORDER,
-    derive_seed,
-)
+from fedapp.task.seeding import PURPOSE_DATA_ORDER, derive_seed
 
 
 def prepare(context: Context) -> tuple[AppConfig, NodeSpec, ClientData]:

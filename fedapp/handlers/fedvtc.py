@@ -9,23 +9,16 @@ import dataclasses
 
 from flwr.app import Context, Message
 
-from clients import (
-    NodeSpec,
-)
-from clients import vtc
+from clients import NodeSpec, vtc
 from clients.faults import inject
 from fedapp import records
-from fedapp.config import AppConfig, load_node_config
+from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.data import ClientData, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
 from fedapp.task.partition import label_histogram
-from fedapp.task.seeding import (
-    PURPOSE_INIT,
-    PURPOSE_VTC_NOISE,
-    derive_seed,
-)
+from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_VTC_NOISE, derive_seed
 from fedapp.task.stats import FeatureStats
 from fedapp.task.vtc import VTCDecoder, build_decoder
 
@@ -33,17 +26,14 @@ from fedapp.task.vtc import VTCDecoder, build_decoder
 def _vtc_prepare(
     context: Context, msg: Message
 ) -> tuple[AppConfig, NodeSpec, ClientData, SplitModel, vtc.VTCPlan]:
-    """Config, node (zoo model), data, this node's own classifier from ``context.state``, plan."""
+    """Config, node, data, this node's own classifier from ``context.state``, plan."""
     cfg, node, data = common.prepare(context)
-    name = vtc.assign_model(
-        load_node_config(context.node_config).model, cfg.fedvtc.zoo_models(),
-        node.partition_id, cfg.model.name,
-    )
-    node = dataclasses.replace(node, model=name)
+    name = node.model
     model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id))
     if model.latent_dim != cfg.fedvtc.latent_dim:
         raise ValueError(f"model {name!r} has latent size {model.latent_dim}, "
-                         f"fedvtc.latent-dim is {cfg.fedvtc.latent_dim}: use a vtc-cnn-* model")
+                         f"fedvtc.latent-dim is {cfg.fedvtc.latent_dim}: give clients vtc-cnn-* models "
+                         "(model.clients, as in fedapp/presets/fedvtc-digits.toml)")
     if (state := records.load_state(context.state, records.VTC_STATE_CLASSIFIER)) is not None:
         model.load_state_dict(state)
     f = cfg.fedvtc

@@ -5,41 +5,32 @@ Contract in :class:`strategies.fedzge.FedZGE`.
 
 from __future__ import annotations
 
-
 import torch
 from flwr.app import Context, Message
 
-from clients import (
-    NodeSpec,
-)
+from clients import NodeSpec
 from clients.distill import (
     accuracy,
     distill_private,
     local_plan,
-    private_model_name,
     query_answer,
     train_private,
 )
 from clients.faults import inject
 from fedapp import records
-from fedapp.config import AppConfig, load_node_config
+from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.data import ClientData, load_server_test
 from fedapp.task.models import SplitModel, build_model
-from fedapp.task.seeding import (
-    PURPOSE_DATA_ORDER,
-    PURPOSE_INIT,
-    derive_seed,
-)
+from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 
-def _private_model(cfg: AppConfig, context: Context, data: ClientData) -> SplitModel:
+def _private_model(
+    cfg: AppConfig, node: NodeSpec, context: Context, data: ClientData
+) -> SplitModel:
     """This node's persistent private model: from ``context.state``, or freshly initialised."""
-    node_cfg = load_node_config(context.node_config)
     model = build_model(
-        private_model_name(node_cfg, cfg),
-        data.spec,
-        seed=derive_seed(cfg.seed, PURPOSE_INIT, node_cfg.partition_id + 1),
+        node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id + 1)
     )
     saved = records.load_state(context.state, records.FEDZGE_MODEL)
     if saved is not None:
@@ -64,7 +55,7 @@ def _private_accuracy(
 def train_local(msg: Message, context: Context) -> Message:
     """FedZGE step 1: E1 epochs on the private model, which stays in ``context.state``."""
     cfg, node, data = common.prepare(context)
-    model = _private_model(cfg, context, data)
+    model = _private_model(cfg, node, context, data)
     server_round = int(records.round_config(msg.content).get(records.SERVER_ROUND, 1))  # type: ignore[arg-type]
     seed = derive_seed(cfg.seed, PURPOSE_DATA_ORDER, server_round, node.partition_id)
     stats = train_private(model, data.train, local_plan(cfg, server_round, seed), node.device)
@@ -81,7 +72,7 @@ def train_local(msg: Message, context: Context) -> Message:
 def query_logits(msg: Message, context: Context) -> Message:
     """FedZGE step 4: logits of x and its q perturbed copies; x is kept for the local KD."""
     cfg, node, data = common.prepare(context)
-    model = _private_model(cfg, context, data)
+    model = _private_model(cfg, node, context, data)
     x, perturbed, config = records.unpack_query(msg.content)
     logits = query_answer(
         model, x, perturbed, int(config[records.NUM_DIRECTIONS]),  # type: ignore[arg-type]
@@ -100,7 +91,7 @@ def query_logits(msg: Message, context: Context) -> Message:
 def train_distill(msg: Message, context: Context) -> Message:
     """FedZGE step 7: E3 KD steps on the kept x towards the ensemble logits ℓ̄(x)."""
     cfg, node, data = common.prepare(context)
-    model = _private_model(cfg, context, data)
+    model = _private_model(cfg, node, context, data)
     soft, config = records.unpack_distill(msg.content)
     kept = records.load_state(context.state, records.FEDZGE_INPUTS)
     server_round = int(config.get(records.SERVER_ROUND, 0))  # type: ignore[arg-type]

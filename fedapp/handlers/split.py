@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-
 from flwr.app import ConfigRecord, Context, Message
 
-from clients import (
-    NodeSpec,
-    SplitPlan,
-    SplitResult,
-    split_trainer,
-)
+from clients import NodeSpec, SplitPlan, SplitResult, split_trainer
 from clients.faults import inject
 from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.partition import label_histogram
-from fedapp.task.seeding import (
-    PURPOSE_DATA_ORDER,
-    PURPOSE_SPLIT_DIRECTIONS,
-    derive_seed,
-)
+from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_SPLIT_DIRECTIONS, derive_seed
 from fedapp.task.split import build_split
 
 

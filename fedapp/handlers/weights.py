@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-
 from flwr.app import Context, Message
 
-from clients import (
-    TRAINERS,
-    FitPlan,
-    NodeSpec,
-)
+from clients import TRAINERS, FitPlan, NodeSpec
 from clients.base import LossFn, cross_entropy_loss
 from clients.faults import inject
 from clients.regularizers import LABEL_COUNTS, fedgen_loss
@@ -17,11 +12,8 @@ from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.evaluate import evaluate
-from fedapp.task.fedgen import PURPOSE_FEDGEN_CLIENT
 from fedapp.task.models import SplitModel
-from fedapp.task.seeding import (
-    derive_seed,
-)
+from fedapp.task.seeding import PURPOSE_FEDGEN_CLIENT, derive_seed
 
 
 def _loss_fn(

@@ -6,10 +6,7 @@ from dataclasses import replace
 
 from flwr.app import Context, Message
 
-from clients import (
-    NodeSpec,
-    ZerothOrderTrainer,
-)
+from clients import NodeSpec, ZerothOrderTrainer
 from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.handlers import common
@@ -18,10 +15,7 @@ from fedapp.task.data import ClientData
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
 from fedapp.task.partition import label_histogram
-from fedapp.task.seeding import (
-    PURPOSE_INIT,
-    derive_seed,
-)
+from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 
 
 def replica(

@@ -216,8 +216,12 @@ def _hub_call(cfg: DataConfig, fn: Callable[[], Arrays]) -> Arrays:
         ) from None
 
 
-def _shuffled_pool(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays]:
-    """Offline or ``local`` pool, shuffled, split into (train pool, global test)."""
+def _shuffled_pool(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays, Arrays]:
+    """Offline or ``local`` pool, shuffled, split into (train pool, validation, global test).
+
+    The global test set is the first ``global-test-size`` share of the shuffled pool, the
+    validation split (``val-size``, often empty) the next; clients partition the rest.
+    """
     _set_offline_switches()  # nothing on this path may wait on the network
     if cfg.dataset in OFFLINE:
         pool = OFFLINE[cfg.dataset]()
@@ -228,8 +232,9 @@ def _shuffled_pool(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays]:
     rng = np.random.default_rng(derive_seed(seed, PURPOSE_PARTITION))
     pool = pool.take(rng.permutation(len(pool)))  # sorted-by-label data must be shuffled
     n_test = int(round(len(pool) * cfg.global_test_size))
-    test_idx, train_idx = np.arange(n_test), np.arange(n_test, len(pool))
-    return pool.take(train_idx), pool.take(test_idx)
+    n_val = int(round(len(pool) * cfg.val_size))
+    test_idx, val_idx = np.arange(n_test), np.arange(n_test, n_test + n_val)
+    return pool.take(np.arange(n_test + n_val, len(pool))), pool.take(val_idx), pool.take(test_idx)
 
 
 def _num_classes(cfg: DataConfig, *labelled: Arrays) -> int:
@@ -322,7 +327,7 @@ def load_client_data(
                 ),
             )
         else:
-            pool, _ = _shuffled_pool(cfg, seed)
+            pool, _, _ = _shuffled_pool(cfg, seed)
             partitioner = make_partitioner(
                 cfg.partition,
                 num_partitions,
@@ -366,12 +371,29 @@ def load_server_test(cfg: DataConfig, seed: int) -> tuple[Arrays, ImageSpec]:
         elif cfg.dataset == "local" and cfg.test_path:
             test = read_local(cfg.test_path)
         else:
-            _, test = _shuffled_pool(cfg, seed)
+            _, _, test = _shuffled_pool(cfg, seed)
         return {"x": test.x, "y": test.y}
 
     d = _CACHE.get(cfg, _recipe(cfg, seed, role="server-test"), build)
     test = Arrays(d["x"], d["y"])
     return test, _spec(test.x, _num_classes(cfg, test))
+
+
+def load_server_val(cfg: DataConfig, seed: int) -> Arrays | None:
+    """The server's validation split (``data.val-size`` of offline or local data), if any.
+
+    Held out of the training pool before partitioning, so no client trains on it; it
+    selects rounds (``fedzge.select = best_on_val``) where the test set must not.
+    """
+    if cfg.val_size == 0:
+        return None
+
+    def build() -> dict[str, np.ndarray]:
+        _, val, _ = _shuffled_pool(cfg, seed)
+        return {"x": val.x, "y": val.y}
+
+    d = _CACHE.get(cfg, _recipe(cfg, seed, role="server-val"), build)
+    return Arrays(d["x"], d["y"])
 
 
 def batches(

@@ -34,11 +34,6 @@ from torch import Tensor, nn
 
 NoiseKind = Literal["gaussian", "uniform"]
 
-#: Seed purposes of FedGen's private generators (far from fedapp.task.seeding's own).
-PURPOSE_FEDGEN_INIT = 30
-PURPOSE_FEDGEN_SERVER = 31
-PURPOSE_FEDGEN_CLIENT = 32
-
 
 class LatentGenerator(nn.Module):
     """G_w(eps, y) = Linear(BN(ReLU(...))): [eps ; onehot(y)] -> hidden -> latent.

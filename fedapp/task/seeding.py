@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+#: One purpose per random stream; every value distinct (tests/test_data.py checks it).
 PURPOSE_PARTITION = 0
 PURPOSE_INIT = 1
 PURPOSE_DATA_ORDER = 2
@@ -16,6 +17,9 @@ PURPOSE_SAMPLING = 3
 PURPOSE_FAULT = 4
 PURPOSE_SPLIT_DIRECTIONS = 16  # HERON-SFL client ZO directions
 PURPOSE_AUX_INIT = 17  # HERON-SFL auxiliary head initialisation
+PURPOSE_FEDGEN_INIT = 30  # FedGen: generator initialisation
+PURPOSE_FEDGEN_SERVER = 31  # FedGen: the server's (label, noise) draws
+PURPOSE_FEDGEN_CLIENT = 32  # FedGen: the clients' regulariser draws
 PURPOSE_ZO_STEP = 40  # ZO perturbation seeds (zo trainer, zo-seed); apart from other purposes
 # FedZGE (50..59, clear of other strategies' purposes): generator init, synthetic latents,
 # query directions.
