@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.flwr_cli import free_port, pids_with_env
+from bench.flwr_cli import free_port, pids_with_env, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -389,18 +389,7 @@ class Deployment:
     def stop(self) -> None:
         """End every process of this deployment, by PID: SIGTERM, then SIGKILL."""
         self._stop_sampling.set()
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            pids = self.own_pids()
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self.own_pids():
-                for proc in self.procs:
-                    proc.popen.poll()
-                time.sleep(0.2)
+        terminate("FEDZG_DEPLOYMENT", self.env["FEDZG_DEPLOYMENT"], graces=(10.0, 5.0))
         for proc in self.procs:
             try:
                 proc.popen.wait(timeout=5)

@@ -1,4 +1,4 @@
-"""FedVTC benchmark: local-only vs FedVTC vs a homogeneous FedAvg reference.
+"""FedVTC benchmark: local-only vs FedVTC vs homogeneous FedGen and FedAvg references.
 
 FedVTC here is **our reading of the paper** (Niu, Dong, Qin, arXiv 2508.01669;
 SPEC §5.2). Side by side, on the same partitions, seeds and local schedule:
@@ -11,13 +11,15 @@ SPEC §5.2). Side by side, on the same partitions, seeds and local schedule:
 - ``fedvtc-synthetic``: ``fedvtc.mix-real = false``: fine-tuning on synthetic images
   only, so exactly local-only's passes over real data plus the synthetic ones.
 - ``fedvtc-stats``: ``fedvtc.share-decoder = false`` (statistics only on the wire).
-- ``fedavg``: homogeneous reference: every client runs ``vtc-cnn-1`` and the
-  weights are averaged (FedGen's strategy lives on another branch; FedGen is
-  FedAvg plus a regulariser and sends the same model plus a small generator).
+- ``fedgen``: the issue's homogeneous reference: every client runs ``vtc-cnn-1``,
+  FedGen with its official defaults (``fedgen.*``) and its official client optimiser,
+  plain SGD (momentum 0; with the shared momentum 0.9 and alpha_0 = beta_0 = 10 it
+  diverged to chance); otherwise the same local schedule.
+- ``fedavg``: the same homogeneous model with plain weight averaging.
 
 Metrics at the final round: the clients' mean accuracy on the global test set
 (generalisation, the paper's metric) and on their own local test splits; for
-FedAvg the one global model on each. Traffic: measured bytes (up + down) per
+FedGen and FedAvg the one global model on each. Traffic: measured bytes (up + down) per
 participating client per round, averaged over rounds. All federated runs go
 through the real ServerApp/ClientApp code in one process (``bench.inprocess``).
 
@@ -51,7 +53,10 @@ from fedapp.task.evaluate import evaluate
 from fedapp.task.models import VTC_ZOO, SplitModel, build_model
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
-METHODS = ("local-only", "local-only-2x", "fedvtc", "fedvtc-synthetic", "fedvtc-stats", "fedavg")
+METHODS = (
+    "local-only", "local-only-2x", "fedvtc", "fedvtc-synthetic", "fedvtc-stats", "fedgen", "fedavg"
+)
+HOMOGENEOUS = ("fedgen", "fedavg")  # one global vtc-cnn-1, evaluated as such
 DEVICE = torch.device("cpu")
 
 
@@ -66,8 +71,10 @@ def run_config(args: argparse.Namespace, method: str, alpha: float, seed: int,
     })
     if method == "local-only-2x":
         cfg["client.local-epochs"] = 2 * cfg["client.local-epochs"]
-    if method == "fedavg":
-        cfg.update({"strategy": "fedavg", "model.name": "vtc-cnn-1",
+    if method == "fedgen":
+        cfg["client.momentum"] = 0.0
+    if method in HOMOGENEOUS:
+        cfg.update({"strategy": method, "model.name": "vtc-cnn-1",
                     "server.fraction-evaluate": 0.0})  # local splits are scored below
     else:
         cfg.update({"strategy": "fedvtc", "model.clients": ",".join(VTC_ZOO),
@@ -102,7 +109,7 @@ def run_federated(cfg_dict: dict[str, Any], num_clients: int) -> dict[str, Any]:
         "curve": [r["accuracy"] for r in rows],
         **traffic(rows),
     }
-    if cfg_dict["strategy"] == "fedavg":
+    if cfg_dict["strategy"] in HOMOGENEOUS:
         cfg = load_config(cfg_dict)
         _, spec = load_server_test(cfg.data, cfg.seed)
         model = build_model(cfg.model.name, spec)

@@ -46,6 +46,23 @@ def pids_with_env(key: str, value: str) -> list[int]:
     return pids
 
 
+def terminate(key: str, value: str, graces: tuple[float, float] = (15.0, 5.0)) -> None:
+    """SIGTERM, then SIGKILL, every process whose environment holds ``key=value``.
+
+    Waits up to ``graces[i]`` seconds after each signal for them to be gone; processes
+    started meanwhile under the same marker are caught by the second round.
+    """
+    for sig, grace in zip((signal.SIGTERM, signal.SIGKILL), graces, strict=True):
+        for pid in pids_with_env(key, value):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pids_with_env(key, value):
+            time.sleep(0.2)
+
+
 class FlwrCli:
     """Runs ``flwr`` commands against one private local SuperLink; use as a context manager."""
 
@@ -95,16 +112,7 @@ class FlwrCli:
 
     def stop(self) -> None:
         """Terminate every process started with this Flower home, then clean up."""
-        pids = pids_with_env("FLWR_HOME", str(self.home))
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-                time.sleep(0.2)
+        terminate("FLWR_HOME", str(self.home))
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
         if self._own_home:
             shutil.rmtree(self.home, ignore_errors=True)

@@ -8,11 +8,15 @@ the real ``flwr run`` CLI (10 simulated SuperNodes, 1 CPU each, 2 Ray actors);
 its per-round time is the ``wall-s`` column of ``metrics.jsonl``. Round 1 holds
 Ray's actor start-up and is reported apart; the steady-state rounds 2..R give
 the median. The plain loop runs the clients one after another in one process
-with ``torch.set_num_threads(threads)``.
+with ``torch.set_num_threads(threads)``. A third column runs our ServerApp and
+ClientApp code in one process (:func:`bench.inprocess.run_server_app`: the same
+messages, screening, checkpoints and results files, no Ray and no SuperLink), to
+tell the app's own cost from the simulation runtime's.
 
 Usage::
 
     python -m bench.overhead --repeats 3 --rounds 6 --out bench/results/overhead.json
+    python -m bench.overhead --local-epochs 5 --out bench/results/overhead-5epochs.json
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from bench.flwr_cli import ROOT, FlwrCli
+from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
 from fedapp.config import AppConfig, load_config
@@ -36,20 +41,6 @@ from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
-
-
-def default_config(**overrides: object) -> AppConfig:
-    import tomllib
-
-    def flatten(t: dict, p: str = "") -> dict:
-        out: dict = {}
-        for k, v in t.items():
-            out.update(flatten(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v})
-        return out
-
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        flat = flatten(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
-    return load_config({**flat, **overrides})
 
 
 def plain_rounds(cfg: AppConfig, num_clients: int, rounds: int, threads: int) -> list[float]:
@@ -87,10 +78,13 @@ def plain_rounds(cfg: AppConfig, num_clients: int, rounds: int, threads: int) ->
     return times
 
 
-def flower_rounds(cli: FlwrCli, out: Path, num_clients: int, rounds: int, repeat: int) -> list[float]:
+def flower_rounds(
+    cli: FlwrCli, out: Path, num_clients: int, rounds: int, repeat: int, local_epochs: int
+) -> list[float]:
     run_name = f"overhead-{repeat}"
     entry, log = cli.run(
-        f'output-dir="{out}" run-name="{run_name}" num-server-rounds={rounds}',
+        f'output-dir="{out}" run-name="{run_name}" num-server-rounds={rounds} '
+        f"client.local-epochs={local_epochs}",
         f"num-supernodes={num_clients} client-resources-num-cpus=1",
     )
     if entry["status"] != "finished:completed":
@@ -98,32 +92,50 @@ def flower_rounds(cli: FlwrCli, out: Path, num_clients: int, rounds: int, repeat
     return [r["wall-s"] for r in read_rounds(out / run_name) if r["round"] >= 1]
 
 
+def inprocess_rounds(out: Path, num_clients: int, rounds: int, repeat: int,
+                     local_epochs: int) -> list[float]:
+    """The same run through our ServerApp and ClientApp code in one process, without Ray."""
+    cfg = {**default_run_config(), "output-dir": str(out), "run-name": f"inprocess-{repeat}",
+           "num-server-rounds": rounds, "client.local-epochs": local_epochs}
+    return [r["wall-s"] for r in read_rounds(run_server_app(cfg, num_clients)) if r["round"] >= 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=1,
+                        help="client.local-epochs on both sides (more work per round)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the plain loop (clients use client.num-threads = 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
     args = parser.parse_args()
 
-    cfg = default_config()
-    flower_steady, flower_first, plain = [], [], []
+    cfg = load_config({**default_run_config(), "client.local-epochs": args.local_epochs})
+    flower_steady, flower_first, plain, inproc = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp, FlwrCli() as cli:
         for repeat in range(args.repeats):  # interleaved, so load drifts hit both sides
-            rounds = flower_rounds(cli, Path(tmp), args.clients, args.rounds, repeat)
+            rounds = flower_rounds(
+                cli, Path(tmp), args.clients, args.rounds, repeat, args.local_epochs
+            )
             flower_first.append(rounds[0])
             flower_steady += rounds[1:]
             plain += plain_rounds(cfg, args.clients, args.rounds, args.threads)[1:]
+            inproc += inprocess_rounds(
+                Path(tmp), args.clients, args.rounds, repeat, args.local_epochs
+            )[1:]
     f_med, p_med = statistics.median(flower_steady), statistics.median(plain)
+    i_med = statistics.median(inproc)
     result = {
         "machine": {"cpus": os.cpu_count(), "torch-threads-plain": args.threads,
                     "load-avg-1m": os.getloadavg()[0]},
         "setup": {"clients": args.clients, "rounds": args.rounds, "repeats": args.repeats,
+                  "local-epochs": args.local_epochs,
                   "model": cfg.model.name, "dataset": cfg.data.dataset},
         "flower-round-s": {"median": f_med, "all": flower_steady},
         "flower-first-round-s": {"median": statistics.median(flower_first), "all": flower_first},
         "plain-round-s": {"median": p_med, "all": plain},
+        "inprocess-round-s": {"median": i_med, "all": inproc},
         "ratio-flower-over-plain": f_med / p_med,
         "flower-p90-round-s": float(np.percentile(flower_steady, 90)),
     }
@@ -131,6 +143,7 @@ def main() -> None:
     print(f"{'':28s}{'median s/round':>16s}{'n':>6s}")
     print(f"{'Flower (Ray simulation)':28s}{f_med:16.3f}{len(flower_steady):6d}")
     print(f"{'plain PyTorch loop':28s}{p_med:16.3f}{len(plain):6d}")
+    print(f"{'fedzg in one process':28s}{i_med:16.3f}{len(inproc):6d}")
     print(f"{'Flower first round (cold)':28s}{statistics.median(flower_first):16.3f}{len(flower_first):6d}")
     print(f"ratio Flower / plain = {f_med / p_med:.2f}   (written to {args.out})")
 

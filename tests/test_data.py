@@ -133,7 +133,7 @@ def test_local_image_folder_and_parquet(tmp_path: Path, run_config: dict) -> Non
     arrays = read_local(str(tmp_path / "imgs"))
     assert arrays.x.shape == (6, 3, 12, 12) and sorted(set(arrays.y.tolist())) == [0, 1]
 
-    from datasets import Dataset, Features, Image, ClassLabel
+    from datasets import ClassLabel, Dataset, Features, Image
 
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (10, 10), dtype=np.uint8) for _ in range(20)]

@@ -18,22 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DATA_CACHE, DEPLOY_TRAINERS, ROOT
 
 from bench.deployment import BIN, Deployment, cmdline, node_configs
-from conftest import DEPLOY_TRAINERS, ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
 TRAINERS = DEPLOY_TRAINERS
 NAMES = [f"node-{i}" for i in range(len(TRAINERS))]
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
 TIMING = ("wall-s", "elapsed-s", "train-phase-s", "evaluate-phase-s")
 
 
 def run_config(out: Path, name: str, extra: str = "") -> str:
     return (
-        f'output-dir="{out}" run-name="{name}" data.cache-dir="{CACHE}" num-server-rounds=2 '
+        f'output-dir="{out}" run-name="{name}" data.cache-dir="{DATA_CACHE}" num-server-rounds=2 '
         f'data.dataset="digits" data.partition="iid" client.lr=0.1 client.local-epochs=2 '
         f"server.min-available-nodes={len(TRAINERS)} timeouts.min-nodes=120.0 {extra}"
     ).strip()

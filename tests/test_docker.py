@@ -16,8 +16,8 @@ import tomllib
 from typing import Any
 
 import pytest
-
 from conftest import ROOT
+
 from fedapp.config import load_node_config
 
 DOCKER = ROOT / "docker"

@@ -8,26 +8,18 @@ outlives ``flwr run``) by PID at the end.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DATA_CACHE
 
 from bench.flwr_cli import FlwrCli
-from conftest import ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
-
-
-@pytest.fixture(scope="module")
-def flwr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlwrCli]:
-    with FlwrCli(tmp_path_factory.mktemp("flwr-home")) as cli:
-        yield cli
 
 
 def run(cli: FlwrCli, run_config: str) -> tuple[dict[str, Any], str]:
@@ -41,10 +33,9 @@ def _config(out: Path, cache: Path, extra: str) -> str:
     )
 
 
-def test_fedavg_run_rejects_a_nan_client_and_completes(flwr: FlwrCli, tmp_path: Path) -> None:
-    entry, log = run(flwr, 
-        _config(tmp_path, CACHE, 'run-name="nan" client.fault="nan" client.fault-partitions="1"')
-    )
+def test_fedprox_run_rejects_a_nan_client_and_completes(flwr: FlwrCli, tmp_path: Path) -> None:
+    extra = 'run-name="nan" strategy="fedprox" client.fault="nan" client.fault-partitions="1"'
+    entry, log = run(flwr, _config(tmp_path, DATA_CACHE, extra))
     assert entry["status"] == "finished:completed", log[-3000:]
     rows = read_rounds(tmp_path / "nan")
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -56,15 +47,9 @@ def test_fedavg_run_rejects_a_nan_client_and_completes(flwr: FlwrCli, tmp_path: 
     assert "round 2/2" in log and "Rejected reply" in log
 
 
-def test_fedprox_run_completes(flwr: FlwrCli, tmp_path: Path) -> None:
-    entry, log = run(flwr, _config(tmp_path, CACHE, 'run-name="prox" strategy="fedprox"'))
-    assert entry["status"] == "finished:completed", log[-3000:]
-    assert read_rounds(tmp_path / "prox")[-1]["accuracy"] > 0.3
-
-
 def test_bad_config_value_stops_the_run_with_one_line(flwr: FlwrCli, tmp_path: Path) -> None:
     t0 = time.monotonic()
-    entry, log = run(flwr, _config(tmp_path, CACHE, 'run-name="bad" data.alpha=-1.0'))
+    entry, log = run(flwr, _config(tmp_path, DATA_CACHE, 'run-name="bad" data.alpha=-1.0'))
     assert entry["status"] == "finished:failed"
     expected = "invalid run config: data.alpha = -1.0 is invalid: Input should be greater than 0"
     assert expected in entry["status-details"]

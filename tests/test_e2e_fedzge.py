@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_CACHE
 
 from bench.flwr_cli import FlwrCli
-from conftest import ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
-
-
-@pytest.fixture(scope="module")
-def flwr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlwrCli]:
-    with FlwrCli(tmp_path_factory.mktemp("flwr-home")) as cli:
-        yield cli
-
 
 def test_fedzge_run_with_three_client_architectures(flwr: FlwrCli, tmp_path: Path) -> None:
     config = (
-        f'output-dir="{tmp_path}" data.cache-dir="{CACHE}" run-name="zge" strategy="fedzge" '
+        f'output-dir="{tmp_path}" data.cache-dir="{DATA_CACHE}" run-name="zge" strategy="fedzge" '
         'num-server-rounds=2 data.dataset="digits" data.partition="iid" model.name="mlp" '
         'model.clients="0:fedgen-cnn,1:mlp,2:cnn" fedzge.synthetic-samples=40 '
         'fedzge.num-directions=3 fedzge.latent-dim=16 fedzge.generator-width=8 '

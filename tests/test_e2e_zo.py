@@ -5,30 +5,22 @@ A mixed FO/ZO FedAvg federation and a zo-seed federation, 3 simulated nodes, 2 r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import DATA_CACHE
 
 from bench.flwr_cli import FlwrCli
-from conftest import ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
-
-
-@pytest.fixture(scope="module")
-def flwr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlwrCli]:
-    with FlwrCli(tmp_path_factory.mktemp("flwr-home-zo")) as cli:
-        yield cli
 
 
 def _config(out: Path, extra: str) -> str:
     return (
-        f'output-dir="{out}" data.cache-dir="{CACHE}" num-server-rounds=2 '
+        f'output-dir="{out}" data.cache-dir="{DATA_CACHE}" num-server-rounds=2 '
         f'data.dataset="digits" data.partition="iid" zo.local-steps=5 zo.lr=0.001 {extra}'
     )
 

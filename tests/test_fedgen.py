@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
 from clients.regularizers import draw_counts, fedgen_loss
-from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_CACHE
 
 from bench.flwr_cli import FlwrCli
-from conftest import ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
 
-
-@pytest.fixture(scope="module")
-def flwr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlwrCli]:
-    with FlwrCli(tmp_path_factory.mktemp("flwr-home")) as cli:
-        yield cli
-
-
-def test_fedgen_run_trains_the_generator_and_completes(flwr: FlwrCli, tmp_path: Path) -> None:
+def test_mixed_fo_zo_fedgen_run_trains_the_generator_and_completes(flwr: FlwrCli, tmp_path: Path) -> None:
     entry, log = flwr.run(
-        f'output-dir="{tmp_path}" data.cache-dir="{CACHE}" run-name="fedgen" strategy="fedgen" '
+        f'output-dir="{tmp_path}" data.cache-dir="{DATA_CACHE}" run-name="fedgen" strategy="fedgen" '
         'num-server-rounds=2 data.dataset="digits" data.partition="iid" client.lr=0.05 '
-        'client.momentum=0.0 client.local-steps=20 fedgen.generator-steps=10',
+        'client.momentum=0.0 client.local-steps=20 fedgen.generator-steps=10 '
+        'client.trainer="mixed" client.zo-fraction=0.34 zo.local-steps=5',  # partition 0 runs ZO
         "num-supernodes=3 client-resources-num-cpus=1",
         timeout=300,
     )
@@ -38,5 +30,6 @@ def test_fedgen_run_trains_the_generator_and_completes(flwr: FlwrCli, tmp_path: 
     assert rows[2]["bytes-down"] > rows[1]["bytes-down"]  # the generator travels from round 2
     assert rows[-1]["accuracy"] > 0.3  # chance is 0.1
     assert "FedGen generator (round 2, 3 heads)" in log
+    assert "Client partition 0 (zo, " in log and "Client partition 1 (fo, " in log
     saved = torch.load(tmp_path / "fedgen" / "model.pt", weights_only=False)
     assert saved["strategy"]["round"] == 2 and saved["strategy"]["optimizer"]["state"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from test_strategies import run
 
 from fedapp import records
 from fedapp.config import load_config
@@ -14,7 +14,6 @@ from fedapp.task.models import ImageSpec
 from fedapp.task.stats import FeatureStats
 from fedapp.task.vtc import VTCDecoder
 from strategies.fedvtc import FedVTC
-from test_strategies import run
 
 torch.set_num_threads(1)  # the shared CI box: one thread is fastest under contention
 

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import DATA_CACHE
 
 from bench.flwr_cli import FlwrCli
-from conftest import ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
-
-
-@pytest.fixture(scope="module")
-def flwr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlwrCli]:
-    with FlwrCli(tmp_path_factory.mktemp("flwr-home")) as cli:
-        yield cli
-
 
 def test_fedvtc_run_with_two_architectures(flwr: FlwrCli, tmp_path: Path) -> None:
     run_config = (
-        f'output-dir="{tmp_path}" data.cache-dir="{CACHE}" run-name="vtc" strategy="fedvtc" '
+        f'output-dir="{tmp_path}" data.cache-dir="{DATA_CACHE}" run-name="vtc" strategy="fedvtc" '
         f'num-server-rounds=2 data.dataset="digits" data.alpha=1.0 client.local-epochs=2 '
         f'model.clients="vtc-cnn-0.5,vtc-cnn-1"'
     )

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Context, Message, RecordDict
 
-from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import ConfigError, load_config

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clients.distill import query_answer
-from fedapp.config import FedZGEConfig, ModelConfig, parse_model_map
+from fedapp.config import ModelConfig, parse_model_map
 from fedapp.task import fedzge as zge
 from fedapp.task.models import ImageSpec, build_model
 from fedapp.task.zo import unit_directions

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Array, ConfigRecord, Context, RecordDict
 
-from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import DATA_CACHE
 
 from bench.flwr_cli import FlwrCli
-from conftest import ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
-
-
-@pytest.fixture(scope="module")
-def flwr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlwrCli]:
-    with FlwrCli(tmp_path_factory.mktemp("flwr-home")) as cli:
-        yield cli
-
 
 def test_heron_sfl_run_completes_with_zo_clients(flwr: FlwrCli, tmp_path: Path) -> None:
     config = (
-        f'output-dir="{tmp_path}" data.cache-dir="{CACHE}" run-name="heron" num-server-rounds=2 '
+        f'output-dir="{tmp_path}" data.cache-dir="{DATA_CACHE}" run-name="heron" num-server-rounds=2 '
         'strategy="heron-sfl" client.trainer="split-zo" data.dataset="digits" '
         'data.partition="iid" heron.batch-size=32 heron.client-lr=0.001 heron.server-lr=0.003'
     )

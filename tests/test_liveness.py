@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 
-from fakes import FakeGrid
 from fedapp.client_app import app as client_app
 from fedapp.config import TimeoutsConfig
 from fedapp.liveness import LivenessGrid, NodesUnavailable

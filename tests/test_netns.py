@@ -13,16 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import DATA_CACHE, DEPLOY_TRAINERS
 
 from bench.deployment import Deployment, node_configs
 from bench.netns import Lab, namespaces_available
-from conftest import DEPLOY_TRAINERS, ROOT
 from fedapp.results import read_rounds
 
 pytestmark = pytest.mark.slow
 
 TRAINERS = DEPLOY_TRAINERS
-CACHE = ROOT / ".pytest_cache" / "fedzg-data"
 LIMITED = len(TRAINERS)  # host index of the node whose link gets tbf
 
 
@@ -45,7 +44,7 @@ def test_run_across_namespaces_with_a_limited_link(lab: Lab, tmp_path: Path) -> 
         dep.wait_for_nodes(len(TRAINERS), timeout=120)
         before = [lab.counters(i) for i in range(1, 1 + len(TRAINERS))]
         entry, log = dep.run(
-            f'output-dir="{tmp_path}" run-name="netns" data.cache-dir="{CACHE}" '
+            f'output-dir="{tmp_path}" run-name="netns" data.cache-dir="{DATA_CACHE}" '
             f'num-server-rounds=2 data.dataset="digits" data.partition="iid" client.lr=0.1 '
             f"server.fraction-evaluate=0.0 server.min-available-nodes={len(TRAINERS)}",
             timeout=420,

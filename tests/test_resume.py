@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Context, Message, RecordDict
 
-from fakes import FakeGrid
 from fedapp import records
 from fedapp.checkpoint import CHECKPOINT_NAME
 from fedapp.client_app import app as client_app

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 
-from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
+from fedapp.config import ACCEPTS, load_config
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from strategies import STRATEGIES, build_strategy
-from fedapp.config import ACCEPTS, load_config
 
 
 def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[FakeGrid, Path]:

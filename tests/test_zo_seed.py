@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from fakes import FakeGrid
 from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config

@@ -10,17 +10,17 @@ from dataclasses import fields
 
 import pytest
 import torch
+from conftest import ROOT
+from test_clients import plan, toy_data
 from torch import Tensor
 
 from clients import mixed_trainer, resolve_node
 from clients.base import FitPlan, cross_entropy_loss
 from clients.zo import ZerothOrderTrainer, ZOPlan, float64_cross_entropy
-from conftest import ROOT
 from fedapp.config import ConfigError, load_config, load_node_config
 from fedapp.task import zo
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import ImageSpec, SplitModel, build_model
-from test_clients import plan, toy_data
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,6 @@ from clients import FitPlan, FitStats, NodeSpec, plan_for, resolve_node
 from fedapp import records
 from fedapp.config import AppConfig, load_config, load_node_config
 from fedapp.task.data import ClientData, load_client_data
-from fedapp.task.models import SplitModel, build_model
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, derive_seed
 
 
@@ -21,12 +20,6 @@ def prepare(context: Context) -> tuple[AppConfig, NodeSpec, ClientData]:
         cfg.data, cfg.seed, node.partition_id, node.num_partitions, node.data_path
     )
     return cfg, node, data
-
-
-def weights_model(node: NodeSpec, data: ClientData, msg: Message) -> SplitModel:
-    model = build_model(node.model, data.spec)
-    model.load_state_dict(records.unpack_arrays(msg.content))
-    return model
 
 
 def fit_plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:

@@ -11,9 +11,17 @@ from clients.regularizers import LABEL_COUNTS, fedgen_loss
 from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.handlers import common
+from fedapp.task.data import ClientData
 from fedapp.task.evaluate import evaluate
-from fedapp.task.models import SplitModel
+from fedapp.task.models import SplitModel, build_model
 from fedapp.task.seeding import PURPOSE_FEDGEN_CLIENT, derive_seed
+
+
+def _model(node: NodeSpec, data: ClientData, msg: Message) -> SplitModel:
+    """This node's architecture holding the message's global weights."""
+    model = build_model(node.model, data.spec)
+    model.load_state_dict(records.unpack_arrays(msg.content))
+    return model
 
 
 def _loss_fn(
@@ -30,7 +38,7 @@ def _loss_fn(
 def train(msg: Message, context: Context) -> Message:
     """Local update with this node's trainer; reply weights, metrics and label counts."""
     cfg, node, data = common.prepare(context)
-    model = common.weights_model(node, data, msg)
+    model = _model(node, data, msg)
     plan = common.fit_plan(cfg, node, msg)
     loss_fn = _loss_fn(cfg, node, msg, plan, model, data.spec.num_classes)
     stats = TRAINERS[node.trainer]().fit(model, data.train, plan, node.device, loss_fn=loss_fn)
@@ -51,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's local test split."""
     cfg, node, data = common.prepare(context)
-    model = common.weights_model(node, data, msg)
+    model = _model(node, data, msg)
     result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
     reply = records.pack_eval_reply(result.num_examples, result.loss, result.accuracy)
     return Message(reply, reply_to=msg)
