@@ -113,7 +113,7 @@ def parse_model_map(text: str) -> dict[int, str] | list[str]:
 
 
 class ModelConfig(Section):
-    name: ModelName  # the global model, and every client's unless `clients` or node-config say otherwise
+    name: ModelName  # the global model; each client's too unless `clients` or node-config say
     clients: str  # client architectures: "0:cnn,1:mlp" by partition id or "cnn,mlp" round-robin
 
     @field_validator("clients")

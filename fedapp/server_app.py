@@ -125,7 +125,7 @@ class RoundRecorder:
         return evaluate(self.model, self.test, self.cfg.server.eval_batch_size, self.device)
 
     def _validate(self, arrays: ArrayRecord) -> dict[str, float]:
-        """``val-accuracy`` and ``val-loss`` of the global model when there is a validation split."""
+        """``val-accuracy`` and ``val-loss`` of the global model on the validation split, if any."""
         if self.val is None or not self.strategy.has_global_model:
             return {}
         self.model.load_state_dict(arrays.to_torch_state_dict())

@@ -28,12 +28,14 @@ def _vtc_prepare(
 ) -> tuple[AppConfig, NodeSpec, ClientData, SplitModel, vtc.VTCPlan]:
     """Config, node, data, this node's own classifier from ``context.state``, plan."""
     cfg, node, data = common.prepare(context)
-    name = node.model
-    model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id))
+    seed = derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id)
+    model = build_model(node.model, data.spec, seed=seed)
     if model.latent_dim != cfg.fedvtc.latent_dim:
-        raise ValueError(f"model {name!r} has latent size {model.latent_dim}, "
-                         f"fedvtc.latent-dim is {cfg.fedvtc.latent_dim}: give clients vtc-cnn-* models "
-                         "(model.clients, as in fedapp/presets/fedvtc-digits.toml)")
+        raise ValueError(
+            f"model {node.model!r} has latent size {model.latent_dim}, fedvtc.latent-dim is "
+            f"{cfg.fedvtc.latent_dim}: give clients vtc-cnn-* models (model.clients, as in "
+            "fedapp/presets/fedvtc-digits.toml)"
+        )
     if (state := records.load_state(context.state, records.VTC_STATE_CLASSIFIER)) is not None:
         model.load_state_dict(state)
     f = cfg.fedvtc

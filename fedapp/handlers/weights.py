@@ -1,4 +1,4 @@
-"""FedAvg, FedProx and FedGen clients: train on weights, evaluate locally (``train``, ``evaluate``)."""
+"""FedAvg, FedProx and FedGen clients: ``train`` on weights and ``evaluate`` locally."""
 
 from __future__ import annotations
 

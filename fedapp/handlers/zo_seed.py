@@ -1,4 +1,7 @@
-"""zo-seed clients (``train.seeds``, ``evaluate.seeds``); contract in :class:`strategies.zo_seed.ZOSeed`."""
+"""zo-seed clients (``train.seeds``, ``evaluate.seeds``).
+
+Contract in :class:`strategies.zo_seed.ZOSeed`.
+"""
 
 from __future__ import annotations
 
@@ -71,4 +74,5 @@ def evaluate_replica(msg: Message, context: Context) -> Message:
     cfg, node, data = common.prepare(context)
     model = replica(cfg, node, data, records.unpack_zo_down(msg.content), context)
     result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
-    return Message(records.pack_eval_reply(result.num_examples, result.loss, result.accuracy), reply_to=msg)
+    reply = records.pack_eval_reply(result.num_examples, result.loss, result.accuracy)
+    return Message(reply, reply_to=msg)
