@@ -32,6 +32,9 @@ TaskIdentity.task_id = 0
 
 ClientFn = Callable[[Message, Context], Message]
 
+#: Replies are computed inside ``send_and_receive``; there is no queue to push to or pull from.
+_SYNC_ONLY = "InProcessGrid answers in send_and_receive only (no message queue)"
+
 
 class InProcessGrid(Grid):
     """Nodes ``100 + i`` for partitions ``i``; every message and reply is recorded."""
@@ -64,7 +67,7 @@ class InProcessGrid(Grid):
 
     @property
     def run(self) -> Any:  # pragma: no cover - not used by our strategies
-        raise NotImplementedError
+        raise NotImplementedError("InProcessGrid has no Flower Run; strategies never read it")
 
     def set_run(self, run_id: int) -> None:  # pragma: no cover
         pass
@@ -83,10 +86,10 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError
+        raise NotImplementedError(_SYNC_ONLY)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError
+        raise NotImplementedError(_SYNC_ONLY)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -83,13 +83,16 @@ def pack_train_reply(
     label_counts: list[int],
 ) -> RecordDict:
     """``arrays``, ``metrics`` (exactly :data:`TRAIN_METRICS`) and ``client-info``."""
-    return RecordDict(
-        {
-            ARRAYS: arrays,
-            METRICS: MetricRecord({k: metrics[k] for k in TRAIN_METRICS}),
-            CLIENT_INFO: client_info(partition_id, trainer, model, label_counts),
-        }
-    )
+    info = client_info(partition_id, trainer, model, label_counts)
+    return _train_reply({ARRAYS: arrays}, metrics, info)
+
+
+def _train_reply(
+    payload: Mapping[str, ArrayRecord], metrics: Mapping[str, float | int], info: ConfigRecord
+) -> RecordDict:
+    """A train reply of any strategy: its ``payload`` records, :data:`TRAIN_METRICS`, ``info``."""
+    metric_record = MetricRecord({k: metrics[k] for k in TRAIN_METRICS})
+    return RecordDict({**payload, METRICS: metric_record, CLIENT_INFO: info})
 
 
 def pack_eval_reply(num_examples: int, loss: float, accuracy: float) -> RecordDict:
@@ -324,16 +327,14 @@ def pack_zo_train_reply(
     label_counts: list[int],
 ) -> RecordDict:
     """``zo-steps`` (H·P scalars, float32; seeds only if the node drew its own), buffers, metrics."""
-    base = pack_train_reply(ArrayRecord(), metrics, partition_id, trainer, model, label_counts)
     record = {_SCALARS: _arr(np.asarray([g for s in steps for g in s.grads], dtype=np.float32))}
     if explicit_seeds:
         record[_SEEDS] = _arr(np.asarray([x for s in steps for x in s.seeds], dtype=np.int64))
-    content = RecordDict({ZO_STEPS: ArrayRecord(record)})
+    payload = {ZO_STEPS: ArrayRecord(record)}
     if buffers:
-        content[ZO_BUFFERS] = pack_arrays(buffers)
-    content[METRICS] = base[METRICS]
-    content[CLIENT_INFO] = base[CLIENT_INFO]
-    return content
+        payload[ZO_BUFFERS] = pack_arrays(buffers)
+    info = client_info(partition_id, trainer, model, label_counts)
+    return _train_reply(payload, metrics, info)
 
 
 def unpack_zo_steps(content: RecordDict) -> tuple[np.ndarray, np.ndarray | None]:
@@ -724,10 +725,8 @@ def pack_vtc_stats_reply(
     label_counts: list[int],
 ) -> RecordDict:
     """``stats``, ``metrics`` (:data:`TRAIN_METRICS`) and ``client-info``: no weights."""
-    reply = pack_train_reply(ArrayRecord(), metrics, partition_id, trainer, model, label_counts)
-    del reply.array_records[ARRAYS]
-    reply[VTC_STATS] = pack_stats(stats)
-    return reply
+    info = client_info(partition_id, trainer, model, label_counts)
+    return _train_reply({VTC_STATS: pack_stats(stats)}, metrics, info)
 
 
 def reply_metric(content: RecordDict, key: str) -> float:
