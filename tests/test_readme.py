@@ -21,8 +21,10 @@ import json
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from conftest import ROOT, pyproject_run_config
@@ -39,6 +41,7 @@ ROW = re.compile(r"^\| `([a-z0-9.-]+)` \| (str|int|float|bool) \| `(.*)` \| .+ \
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 MARKER = re.compile(r"^\s*<!-- (ci|not-ci|quickstart-run|quickstart-test)(?::\s*(.*?))? -->$")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+ENV = re.compile(r"[A-Z_][A-Z0-9_]*=\S*")  # an environment assignment before a command
 FEDERATION_KEYS = {"num-supernodes", "client-resources-num-cpus", "client-resources-num-gpus"}
 
 
@@ -72,7 +75,7 @@ def commands(script: str) -> tuple[tuple[str, ...], ...]:
                 out.append(tuple(current))
                 current = []
                 continue
-            if not (not current and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", token)):
+            if current or not ENV.fullmatch(token):
                 current.append(token)
             if end:
                 out.append(tuple(current))
@@ -188,7 +191,8 @@ def test_flwr_run_commands_validate(block: Block, cmd: tuple[str, ...]) -> None:
         run_config = str(ROOT / run_config)
     overrides = parse_config_args([run_config]) if run_config else {}
     defaults = pyproject_run_config()
-    assert set(overrides) <= set(defaults), f"{block}: unknown keys {set(overrides) - set(defaults)}"
+    unknown = set(overrides) - set(defaults)
+    assert not unknown, f"{block}: unknown keys {sorted(unknown)}"
     cfg = load_config({**defaults, **overrides})
     federation = option(cmd, "--federation-config")
     if federation is not None:
@@ -216,7 +220,11 @@ def test_benchmark_command_lines_parse(
     module = importlib.import_module(cmd[2])
     original = argparse.ArgumentParser.parse_args
 
-    def parse_args(self: argparse.ArgumentParser, args=None, namespace=None):  # type: ignore[no-untyped-def]
+    def parse_args(
+        self: argparse.ArgumentParser,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> NoReturn:
         original(self, args, namespace)  # argparse exits (code 2) on an unknown option
         raise _Parsed
 
