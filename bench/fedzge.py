@@ -45,7 +45,8 @@ import torch
 from bench.flwr_cli import ROOT
 from bench.inprocess import default_run_config, run_server_app
 from clients.distill import accuracy, local_plan, train_private
-from fedapp import records
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, content_bytes
 from fedapp.config import AppConfig, load_config
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
@@ -158,16 +159,16 @@ def cifar_traffic(q: int = 5, n: int = 500, classes: int = 10) -> dict[str, int]
     with torch.no_grad():
         x = ImageGenerator(spec)(latents.z, latents.y)  # (N, 3, 32, 32)
     queries = perturbed_queries(x, unit_directions(tuple(x.shape), q, 1), 1e-3)
-    seed_query = records.pack_query(1, x, q, 1e-3, seed=1)
-    tensor_query = records.pack_query(1, x, q, 1e-3, perturbed=queries)
-    local_reply = records.pack_metrics({k: 1 for k in records.LOCAL_METRICS}, records.LOCAL_METRICS)
-    distill_reply = records.pack_metrics(
-        {k: 1.0 for k in records.DISTILL_METRICS}, records.DISTILL_METRICS
+    seed_query = wire.encode_query(wire.QueryDown(1, x, None, q, 1e-3, seed=1))
+    tensor_query = wire.encode_query(wire.QueryDown(1, x, queries, q, 1e-3, seed=None))
+    local_reply = wire.encode_local_reply(wire.LocalUp(1, 1, 1, wire.PrivateAccuracy(1, 1)))
+    distill_reply = wire.encode_distill_reply(
+        wire.DistillUp(1, 1.0, wire.PrivateAccuracy(1.0, 1.0))
     )
-    logits = records.pack_logits(torch.zeros(1 + q, n, classes), 1)
-    distill = records.pack_distill(1, torch.zeros(n, classes), 5.0, 10)
-    b = records.content_bytes
-    other_down = b(records.pack_round(1)) + b(distill)
+    logits = wire.encode_logits(wire.LogitsUp(torch.zeros(1 + q, n, classes), 1))
+    distill = wire.encode_distill(wire.DistillDown(1, torch.zeros(n, classes), 5.0, 10))
+    b = content_bytes
+    other_down = b(config_message(1)) + b(distill)
     other_up = b(local_reply) + b(distill_reply)
     return {
         "query-down-seed": b(seed_query),

@@ -109,25 +109,28 @@ def round_bytes() -> dict[str, dict[str, int]]:
     """Serialised bytes of one client's round at the paper's setting (analytic h, k, B)."""
     from flwr.app import ConfigRecord, RecordDict
 
-    from fedapp import records
     from fedapp.task.models import ImageSpec, build_model
     from fedapp.task.split import build_split
+    from fedapp.wire import split as wire
+    from fedapp.wire.common import (
+        ARRAYS, CONFIG, ClientInfo, TrainMetrics, content_bytes, pack_arrays,
+    )
 
     spec, batch, examples, k = ImageSpec(3, 32, 32, 10), 256, 10_000, 5
     steps = math.ceil(examples / batch)
     uploads = math.ceil(steps / k)
     parts = build_split("resnet18-imagenet", spec)
     front, aux = parts.front.state_dict(), parts.aux.state_dict()
-    down = records.pack_split_message(front, aux, records.pack_split_config(1, 0, k, 1e-3, 1e-4))
+    down = wire.encode_down(wire.SplitDown(1, 0, k, 1e-3, 1e-4, front, aux))
     n = uploads * batch
-    up = records.pack_split_reply(
+    up = wire.encode_up(
         front, aux, torch.zeros(n, *parts.cut_shape), torch.zeros(n, dtype=torch.int64),
-        [batch] * uploads, {key: 0 for key in records.SPLIT_METRICS},
-        records.client_info(0, "split-zo", "resnet18-imagenet", [0] * 10),
+        [batch] * uploads, wire.SplitMetrics(TrainMetrics(0, 0, 0, 0, 0, 0), 0, 0, 0, 0),
+        ClientInfo(0, "split-zo", "resnet18-imagenet", [0] * 10),
     )
-    full = records.pack_arrays(build_model("resnet18-imagenet", spec).state_dict())
-    fedavg = records.content_bytes(RecordDict({records.ARRAYS: full, records.CONFIG: ConfigRecord()}))
-    split = {"down": records.content_bytes(down), "up": records.content_bytes(up)}
+    full = pack_arrays(build_model("resnet18-imagenet", spec).state_dict())
+    fedavg = content_bytes(RecordDict({ARRAYS: full, CONFIG: ConfigRecord()}))
+    split = {"down": content_bytes(down), "up": content_bytes(up)}
     return {"heron": split, "cse-fsl": split, "fedavg": {"down": fedavg, "up": fedavg},
             "setting": {"examples": examples, "batch": batch, "steps": steps, "uploads": uploads}}
 

@@ -131,7 +131,7 @@ def run_federation(
 
     ``initial`` replaces the seeded initial model (fine-tuning from a pre-trained one).
     """
-    from fedapp import records
+    from fedapp.wire.common import pack_arrays
     from fedapp.client_app import app as client_app
     from fedapp.config import load_config
     from fedapp.results import ResultsWriter, read_rounds, run_dir
@@ -151,7 +151,7 @@ def run_federation(
     writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), {"config": flat})
     strategy.start(
         grid=InProcessGrid(client_app, flat, num_nodes, record=False),
-        initial_arrays=records.pack_arrays(model.state_dict()),
+        initial_arrays=pack_arrays(model.state_dict()),
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout,
         train_config=ConfigRecord(),

@@ -18,7 +18,7 @@ from fedapp.handlers import fedvtc, fedzge, split, weights, zo_seed
 Handler = Callable[[Message, Context], Message]
 
 #: (message category, action) -> handler; the message type on the wire is ``category.action``
-#: (``default`` is the bare category). Strategies name these in :mod:`fedapp.records`.
+#: (``default`` is the bare category). Strategies name these in :mod:`fedapp.wire`.
 HANDLERS: dict[tuple[str, str], Handler] = {
     ("train", "default"): weights.train,  # fedavg, fedprox, fedgen
     ("evaluate", "default"): weights.evaluate_local,

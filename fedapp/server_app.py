@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedapp import records
+from fedapp.wire.common import pack_arrays
 from fedapp.checkpoint import (
     Checkpoint,
     capture_rng,
@@ -193,7 +193,7 @@ def main(grid: Grid, context: Context) -> None:
             live.wait_for_nodes()
             strategy.start(
                 grid=live,
-                initial_arrays=records.pack_arrays(model.state_dict()),
+                initial_arrays=pack_arrays(model.state_dict()),
                 num_rounds=cfg.num_server_rounds,
                 timeout=cfg.round_timeout,
                 train_config=ConfigRecord(),

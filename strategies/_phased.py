@@ -23,7 +23,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedapp import records
+from fedapp.wire.common import content_bytes
 from strategies.screened import Accounting
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -131,7 +131,7 @@ class PhasedStrategy(Accounting, Strategy):
             grid.create_message(content, message_type, node, str(server_round))
             for node, content in contents.items()
         ]
-        self.ledger.bytes_down += sum(records.content_bytes(m.content) for m in messages)
+        self.ledger.bytes_down += sum(content_bytes(m.content) for m in messages)
         t0 = time.perf_counter()
         replies: Iterable[Message] = grid.send_and_receive(messages, timeout=self.timeout)
         replies = list(replies)
@@ -145,7 +145,7 @@ class PhasedStrategy(Accounting, Strategy):
                 log(WARNING, "%s: node %d replied with an error: %s", message_type, node,
                     msg.error.reason)
                 continue
-            self.ledger.bytes_up += records.content_bytes(msg.content)
+            self.ledger.bytes_up += content_bytes(msg.content)
             reason = check(msg.content) if check is not None else None
             if reason is not None:
                 self._reject(msg, reason)

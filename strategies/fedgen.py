@@ -30,7 +30,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedapp import records
+from fedapp.wire import fedgen as wire
+from fedapp.wire.common import decode_client_info, pack_arrays, unpack_arrays
 from fedapp.config import AppConfig, FedGenConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.fedgen import (
@@ -111,11 +112,9 @@ class FedGenAvg(FedAvg):
         t, f = server_round - 1, self.fedgen  # t: the official 0-based round index
         alpha = regularization_weight(f.alpha0, f.regularizer_decay, f.regularizer_floor, t)
         beta = regularization_weight(f.beta0, f.regularizer_decay, f.regularizer_floor, t)
-        config = records.fedgen_config(config, alpha, beta, self._available_labels())
+        config = wire.fedgen_config(config, alpha, beta, self._available_labels())
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        generator = records.pack_arrays(self.generator.state_dict())
-        for message in messages:
-            message.content[records.GENERATOR] = generator
+        wire.attach_generator(messages, pack_arrays(self.generator.state_dict()))
         return messages
 
     def aggregate_train(
@@ -129,13 +128,13 @@ class FedGenAvg(FedAvg):
         """G_w <- 50 Adam steps on the fresh heads (SPEC §2.3), then one lr decay."""
         states, counts = [], []
         for msg in replies:
-            c = records.label_counts(msg.content)
-            if c is None or len(c) != self.num_classes:
+            info = decode_client_info(msg.content)
+            if info is None or len(info.label_counts) != self.num_classes:
                 log(WARNING, "FedGen: node %d sent no usable label counts; its head is "
                     "left out of generator training", msg.metadata.src_node_id)
                 continue
-            states.append(head_state(records.unpack_arrays(msg.content)))
-            counts.append(c)
+            states.append(head_state(unpack_arrays(msg.content)))
+            counts.append(info.label_counts)
         if not states:
             return
         count_matrix = torch.tensor(counts, dtype=torch.float64)  # (K, C)

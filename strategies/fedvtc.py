@@ -40,11 +40,12 @@ from __future__ import annotations
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp import records
+from fedapp.wire import fedvtc as wire
+from fedapp.wire.common import FINETUNE_LOSS, TRAIN_LOSS, VTC_LOSS, pack_arrays
 from fedapp.config import AppConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.models import ImageSpec
@@ -56,7 +57,7 @@ from strategies._phased import PhasedStrategy
 
 def initial_decoder(latent_dim: int, spec: ImageSpec, seed: int) -> ArrayRecord:
     """ψ_0, identical for every client (seeded, so a resumed run starts alike)."""
-    return records.pack_arrays(build_decoder(latent_dim, spec, seed).state_dict())
+    return pack_arrays(build_decoder(latent_dim, spec, seed).state_dict())
 
 
 class FedVTC(PhasedStrategy):
@@ -135,67 +136,63 @@ class FedVTC(PhasedStrategy):
         self, grid: Grid, server_round: int, nodes: list[int]
     ) -> dict[int, FeatureStats]:
         """Steps 1-2: clients train their classifiers and reply per-class statistics."""
-        content = records.pack_vtc_round(self.global_stats, None, server_round)
+        content = wire.encode_down(server_round, self.global_stats)
         replies = self._send(
-            grid, server_round, "train.stats", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_stats_reply(c, self.num_classes, self.latent_dim),
+            grid, server_round, wire.TRAIN_STATS, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_stats_reply(c, self.num_classes, self.latent_dim),
         )
-        self._mean_metric(replies, records.TRAIN_LOSS)
+        ups = {n: wire.decode_stats_reply(r) for n, r in replies.items()}
+        self.ledger.extra[TRAIN_LOSS] = _mean([u.train_loss for u in ups.values()])
         for node, reply in replies.items():
             self._log_client_once(reply)
-            self.models[node] = records.client_model(reply)
-        return {n: records.unpack_stats(r, records.VTC_STATS) for n, r in replies.items()}
+            self.models[node] = ups[node].model
+        return {n: u.stats for n, u in ups.items()}
 
     def _train_decoders(self, grid: Grid, server_round: int, nodes: list[int]) -> list[int]:
         """Step 4: clients train ψ on the pooled statistics; shared decoders are averaged."""
-        content = records.pack_vtc_round(self.global_stats, self.decoder, server_round)
+        content = wire.encode_down(server_round, self.global_stats, self.decoder)
         replies = self._send(
-            grid, server_round, "train.decoder", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_vtc_reply(c, records.VTC_DECODER_METRICS, self.decoder),
+            grid, server_round, wire.TRAIN_DECODER, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_reply(c, wire.VTC_DECODER_METRICS, self.decoder),
         )
-        self._mean_metric(replies, records.VTC_LOSS)
+        ups = [wire.decode_decoder_reply(r) for r in replies.values()]
+        self.ledger.extra[VTC_LOSS] = _mean([loss for _, loss, _ in ups])
         if self.decoder is not None and replies:
-            states = [records.unpack_arrays(r, records.VTC_DECODER) for r in replies.values()]
-            weights = [records.reply_metric(r, records.NUM_EXAMPLES) for r in replies.values()]
-            self.decoder = records.pack_arrays(average_states(states, weights))
+            states = [decoder for _, _, decoder in ups if decoder is not None]
+            weights = [n for n, _, _ in ups]
+            self.decoder = pack_arrays(average_states(states, weights))
         return list(replies)
 
     def _finetune(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Step 5: clients fine-tune their whole classifier on synthetic (and real) data."""
-        content = records.pack_vtc_round(self.global_stats, None, server_round)
+        content = wire.encode_down(server_round, self.global_stats)
         replies = self._send(
-            grid, server_round, "train.finetune", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_vtc_reply(c, records.VTC_FINETUNE_METRICS),
+            grid, server_round, wire.TRAIN_FINETUNE, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_reply(c, wire.VTC_FINETUNE_METRICS),
         )
-        self._mean_metric(replies, records.FINETUNE_LOSS)
+        self.ledger.extra[FINETUNE_LOSS] = _mean(
+            [wire.decode_finetune_loss(r) for r in replies.values()]
+        )
 
     def _evaluate(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Every client's classifier on the global test set and its local split; means over clients."""
-        content = records.pack_vtc_round(None, None, server_round)
+        content = wire.encode_down(server_round)
         replies = self._send(
-            grid, server_round, "evaluate.vtc", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_vtc_reply(c, records.VTC_EVAL_METRICS),
+            grid, server_round, wire.EVALUATE_VTC, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_reply(c, wire.VTC_EVAL_METRICS),
         )
+        ups = {n: wire.decode_eval_reply(r) for n, r in replies.items()}
         extra = self.ledger.extra
-        extra["accuracy"] = self._mean_metric(replies, records.EVAL_ACC, store=False)
-        extra["loss"] = self._mean_metric(replies, records.EVAL_LOSS, store=False)
-        extra["accuracy-local"] = self._mean_metric(replies, records.EVAL_ACC_LOCAL, store=False)
-        extra["loss-local"] = self._mean_metric(replies, records.EVAL_LOSS_LOCAL, store=False)
-        for model in sorted({self.models[n] for n in replies}):
-            mine = {n: r for n, r in replies.items() if self.models[n] == model}
-            extra[f"accuracy-{model}"] = self._mean_metric(mine, records.EVAL_ACC, store=False)
+        extra["accuracy"] = _mean([u.accuracy for u in ups.values()])
+        extra["loss"] = _mean([u.loss for u in ups.values()])
+        extra["accuracy-local"] = _mean([u.accuracy_local for u in ups.values()])
+        extra["loss-local"] = _mean([u.loss_local for u in ups.values()])
+        for model in sorted({self.models[n] for n in ups}):
+            extra[f"accuracy-{model}"] = _mean(
+                [u.accuracy for n, u in ups.items() if self.models[n] == model]
+            )
         log(INFO, "FedVTC round %d: client-mean accuracy global %.4f, local %.4f (%d clients)",
             server_round, extra["accuracy"], extra["accuracy-local"], len(replies))
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _mean_metric(self, replies: dict[int, RecordDict], key: str, store: bool = True) -> float:
-        """Unweighted mean of metric ``key`` over clients (NaN without replies)."""
-        values = [records.reply_metric(r, key) for r in replies.values()]
-        mean = sum(values) / len(values) if values else float("nan")
-        if store:
-            self.ledger.extra[key] = mean
-        return mean
 
     def state_dict(self) -> dict[str, Any]:
         """Pooled statistics, the averaged decoder and the round counter."""
@@ -213,7 +210,7 @@ class FedVTC(PhasedStrategy):
         stats = state["global_stats"]
         self.global_stats = None if stats is None else FeatureStats(**stats)
         if state["decoder"] is not None:
-            self.decoder = records.pack_arrays(state["decoder"])
+            self.decoder = pack_arrays(state["decoder"])
         self.models = dict(state["models"])
 
     def summary(self) -> None:
@@ -222,3 +219,8 @@ class FedVTC(PhasedStrategy):
         log(INFO, "\t├── decoder shared: %s; fine-tuning: %s",
             self.decoder is not None, self.finetune)
         super().summary()
+
+
+def _mean(values: list[float]) -> float:
+    """Unweighted mean over clients (NaN without replies)."""
+    return sum(values) / len(values) if values else float("nan")

@@ -50,7 +50,8 @@ from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp import records
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, pack_arrays
 from fedapp.config import AppConfig, FedZGEConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.evaluate import resolve_device
@@ -135,11 +136,13 @@ class FedZGE(PhasedStrategy):
         self.ledger.clients = len(answers)
         self.ledger.extra["skipped"] = float(not answers)
         if answers:
-            ensemble = ensemble_logits(*zip(*answers.values(), strict=True))  # (1+q, N, C)
+            ensemble = ensemble_logits(  # (1+q, N, C)
+                [a.logits for a in answers.values()], [a.num_examples for a in answers.values()]
+            )
             self._generator_step(synthetic, ensemble)
             self._server_distill(synthetic.x.detach(), ensemble[0])
             self._client_distill(grid, server_round, sorted(answers), ensemble[0])
-            arrays = records.pack_arrays(self.server_model.state_dict())
+            arrays = pack_arrays(self.server_model.state_dict())
         else:  # the synthesis forward moved G's BN statistics: put them back
             self.generator.load_state_dict(generator_before)
             log(WARNING, "FedZGE round %d skipped: no client answered the query", server_round)
@@ -149,9 +152,9 @@ class FedZGE(PhasedStrategy):
 
     def _local_update(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Step 1: clients train their private models (E1 epochs); we learn only metrics."""
-        contents = {n: records.pack_round(server_round) for n in nodes}
-        replies = self._send(grid, server_round, "train.local", contents,
-                             records.screen_local_reply)
+        contents = {n: config_message(server_round) for n in nodes}
+        replies = self._send(grid, server_round, wire.TRAIN_LOCAL, contents,
+                             wire.screen_local_reply)
         self._mean_accuracy(replies, "before")
 
     def _synthesize(self, server_round: int) -> Synthetic:
@@ -170,28 +173,26 @@ class FedZGE(PhasedStrategy):
 
     def _query(
         self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic
-    ) -> dict[int, tuple[torch.Tensor, int]]:
+    ) -> dict[int, wire.LogitsUp]:
         """Step 4: black-box logits (1+q, N, C) and example counts of the answering clients."""
         cfg, x = self.cfg, synthetic.x.detach().float().cpu()
-        if cfg.direction_transport == "seed":
-            content = records.pack_query(
-                server_round, x, cfg.num_directions, cfg.smoothing, seed=synthetic.seed
-            )
-        else:
-            content = records.pack_query(
-                server_round, x, cfg.num_directions, cfg.smoothing, perturbed=synthetic.queries
-            )
+        seeded = cfg.direction_transport == "seed"
+        content = wire.encode_query(wire.QueryDown(
+            server_round=server_round, x=x, num_directions=cfg.num_directions,
+            smoothing=cfg.smoothing, seed=synthetic.seed if seeded else None,
+            perturbed=None if seeded else synthetic.queries,
+        ))
         shape = (1 + cfg.num_directions, cfg.synthetic_samples, self.spec.num_classes)
         down, up = self.ledger.bytes_down, self.ledger.bytes_up
         replies = self._send(
-            grid, server_round, "query.logits", {n: content for n in nodes},
-            lambda c: records.screen_logits_reply(c, shape),
+            grid, server_round, wire.QUERY_LOGITS, {n: content for n in nodes},
+            lambda c: wire.screen_logits_reply(c, shape),
         )
         sent = max(len(nodes), 1)
         self.ledger.extra["query-bytes-down-per-client"] = (self.ledger.bytes_down - down) / sent
         answered = max(len(replies), 1)
         self.ledger.extra["query-bytes-up-per-client"] = (self.ledger.bytes_up - up) / answered
-        return {n: records.unpack_logits(c) for n, c in replies.items()}
+        return {n: wire.decode_logits(c) for n, c in replies.items()}
 
     def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> None:
         """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step."""
@@ -232,14 +233,13 @@ class FedZGE(PhasedStrategy):
         self, grid: Grid, server_round: int, nodes: list[int], teacher: torch.Tensor
     ) -> None:
         """Step 7: the answering clients distil from ℓ̄(x) on the x they kept."""
-        content = records.pack_distill(
+        content = wire.encode_distill(wire.DistillDown(
             server_round, teacher, self.cfg.temperature, self.cfg.distill_steps
-        )
-        replies = self._send(grid, server_round, "train.distill", {n: content for n in nodes},
-                             records.screen_distill_reply)
+        ))
+        replies = self._send(grid, server_round, wire.TRAIN_DISTILL, {n: content for n in nodes},
+                             wire.screen_distill_reply)
         self._mean_accuracy(replies, "after")
-        metrics = [c.metric_records[records.METRICS] for c in replies.values()]
-        losses = [float(m[records.DISTILL_LOSS]) for m in metrics]  # type: ignore[arg-type]
+        losses = [wire.decode_distill_loss(c) for c in replies.values()]
         if losses:
             self.ledger.extra["client-kd-loss"] = sum(losses) / len(losses)
 
@@ -247,9 +247,9 @@ class FedZGE(PhasedStrategy):
 
     def _mean_accuracy(self, replies: dict[int, RecordDict], when: str) -> None:
         """Clients' mean private-model accuracy (global test set, local split) in the row."""
-        for key, name in ((records.ACC_GLOBAL, f"client-acc-{when}"),
-                          (records.ACC_LOCAL, f"client-acc-local-{when}")):
-            values = [float(c.metric_records[records.METRICS][key]) for c in replies.values()]  # type: ignore[arg-type]
+        accuracies = [wire.decode_accuracy(c) for c in replies.values()]
+        for name, values in ((f"client-acc-{when}", [a.on_global for a in accuracies]),
+                             (f"client-acc-local-{when}", [a.on_local for a in accuracies])):
             measured = [v for v in values if v >= 0]
             if measured:
                 self.ledger.extra[name] = sum(measured) / len(measured)

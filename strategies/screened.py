@@ -2,7 +2,7 @@
 
 :class:`Screened` sits before a Flower strategy in the MRO
 (``class ScreenedFedAvg(Screened, FedAvg)``). Before Flower aggregates, every
-reply is checked against the wire contract (:mod:`fedapp.records`): NaN/Inf,
+reply is checked against the wire contract (:mod:`fedapp.wire`): NaN/Inf,
 wrong keys, shapes or dtypes are logged, counted and dropped, and the round
 goes on with the rest. Bytes are counted from the records actually sent and
 received, and the per-round tallies are handed out by :meth:`close_round`.
@@ -35,7 +35,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from fedapp import records
+from fedapp.wire import weights
+from fedapp.wire.common import content_bytes, decode_client_info, match_dtypes
 
 
 @dataclass
@@ -114,21 +115,18 @@ class Accounting:
 
     def _log_client_once(self, content: RecordDict) -> None:
         """Log a reply's ``client-info`` (partition, trainer, model, labels) the first time."""
-        if records.CLIENT_INFO in content.config_records:
-            info = content.config_records[records.CLIENT_INFO]
-            pid = int(info[records.INFO_PARTITION])  # type: ignore[arg-type]
-            if pid not in self.label_counts:
-                counts = [int(c) for c in info[records.INFO_LABEL_COUNTS]]  # type: ignore[union-attr]
-                self.label_counts[pid] = counts
-                log(
-                    INFO,
-                    "Client partition %d (%s, %s): %d examples, labels %s",
-                    pid,
-                    info[records.INFO_TRAINER],
-                    info[records.INFO_MODEL],
-                    sum(counts),
-                    counts,
-                )
+        info = decode_client_info(content)
+        if info is not None and info.partition_id not in self.label_counts:
+            self.label_counts[info.partition_id] = info.label_counts
+            log(
+                INFO,
+                "Client partition %d (%s, %s): %d examples, labels %s",
+                info.partition_id,
+                info.trainer,
+                info.model,
+                sum(info.label_counts),
+                info.label_counts,
+            )
 
 
 class Screened(Accounting):
@@ -169,7 +167,7 @@ class Screened(Accounting):
 
     def _sent(self, messages: Iterable[Message]) -> list[Message]:
         out = list(messages)
-        self.ledger.bytes_down += sum(records.content_bytes(m.content) for m in out)
+        self.ledger.bytes_down += sum(content_bytes(m.content) for m in out)
         return out
 
     def _screen(
@@ -183,7 +181,7 @@ class Screened(Accounting):
                 self.ledger.failed += 1
                 accepted.append(msg)  # Flower logs and skips error replies itself
                 continue
-            self.ledger.bytes_up += records.content_bytes(msg.content)
+            self.ledger.bytes_up += content_bytes(msg.content)
             reason = check(msg.content)
             if reason is None:
                 accepted.append(msg)
@@ -221,11 +219,11 @@ class Screened(Accounting):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._accept_train(
-            replies, lambda c: records.screen_train_reply(c, self._reference)
+            replies, lambda c: weights.screen_train_reply(c, self._reference)
         )
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
         if arrays is not None:
-            arrays = records.match_dtypes(arrays, self._reference)
+            arrays = match_dtypes(arrays, self._reference)
         return arrays, metrics
 
     def configure_evaluate(
@@ -246,7 +244,7 @@ class Screened(Accounting):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         self.ledger.evaluate_phase_s += time.perf_counter() - self._phase_start
-        accepted = self._screen(replies, self._eval_sent, records.screen_eval_reply)
+        accepted = self._screen(replies, self._eval_sent, weights.screen_eval_reply)
         return super().aggregate_evaluate(server_round, accepted)  # type: ignore[misc]
 
 

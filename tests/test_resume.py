@@ -17,7 +17,7 @@ import torch
 from fakes import FakeGrid
 from flwr.app import Context, Message, RecordDict
 
-from fedapp import records
+from fedapp.wire.common import SERVER_ROUND
 from fedapp.checkpoint import CHECKPOINT_NAME
 from fedapp.client_app import app as client_app
 from fedapp.config import ConfigError
@@ -62,7 +62,7 @@ def config_without_output_dir(run: Path) -> dict[str, Any]:
 
 def rounds_sent(grid: FakeGrid) -> list[int]:
     return [
-        int(m.content["config"][records.SERVER_ROUND])
+        int(m.content["config"][SERVER_ROUND])
         for m in grid.sent
         if m.metadata.message_type == "train"
     ]

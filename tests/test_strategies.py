@@ -10,7 +10,7 @@ import torch
 from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 
-from fedapp import records
+from fedapp.wire.common import PROXIMAL_MU, content_bytes
 from fedapp.client_app import app as client_app
 from fedapp.config import ACCEPTS, load_config
 from fedapp.results import read_rounds
@@ -64,11 +64,11 @@ def test_nan_reply_is_rejected_and_the_run_completes(small: dict) -> None:
 def test_bytes_are_counted_from_the_records_sent_and_received(small: dict) -> None:
     grid, out = run(small)
     rows = read_rounds(out)
-    sent = sum(records.content_bytes(m.content) for m in grid.sent)
-    received = sum(records.content_bytes(m.content) for m in grid.received)
+    sent = sum(content_bytes(m.content) for m in grid.sent)
+    received = sum(content_bytes(m.content) for m in grid.received)
     assert sum(r["bytes-down"] for r in rows) == sent
     assert sum(r["bytes-up"] for r in rows) == received
-    model_bytes = records.content_bytes(RecordDict({"arrays": grid.sent[0].content["arrays"]}))
+    model_bytes = content_bytes(RecordDict({"arrays": grid.sent[0].content["arrays"]}))
     assert rows[1]["bytes-down"] >= 2 * 3 * model_bytes  # train + evaluate to 3 nodes
 
 
@@ -90,5 +90,5 @@ def test_all_rejected_keeps_the_previous_model(small: dict) -> None:
 def test_fedprox_sends_mu_and_clients_use_it(small: dict) -> None:
     grid, out = run({**small, "strategy": "fedprox", "fedprox.mu": 0.5})
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
-    assert train and all(m.content["config"][records.PROXIMAL_MU] == 0.5 for m in train)
+    assert train and all(m.content["config"][PROXIMAL_MU] == 0.5 for m in train)
     assert read_rounds(out)[-1]["accuracy"] > 0.3

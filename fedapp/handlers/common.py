@@ -6,7 +6,7 @@ import torch
 from flwr.app import Context, Message
 
 from clients import FitPlan, FitStats, NodeSpec, plan_for, resolve_node
-from fedapp import records
+from fedapp.wire.common import PROXIMAL_MU, TrainMetrics, get_float, round_config, server_round
 from fedapp.config import AppConfig, load_config, load_node_config
 from fedapp.task.data import ClientData, load_client_data
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, derive_seed
@@ -23,30 +23,24 @@ def prepare(context: Context) -> tuple[AppConfig, NodeSpec, ClientData]:
 
 
 def fit_plan(cfg: AppConfig, node: NodeSpec, msg: Message) -> FitPlan:
-    config = records.round_config(msg.content)
-    server_round = int(config.get(records.SERVER_ROUND, 1))  # type: ignore[arg-type]
+    config = round_config(msg.content)
+    rnd = server_round(msg.content)
     c = cfg.client
     plan = FitPlan(
-        server_round=server_round,
-        lr=c.lr * c.lr_decay ** (server_round - 1),
+        server_round=rnd,
+        lr=c.lr * c.lr_decay ** (rnd - 1),
         local_epochs=c.local_epochs,
         local_steps=c.local_steps,
         batch_size=c.batch_size,
         optimizer=c.optimizer,
         momentum=c.momentum,
         weight_decay=c.weight_decay,
-        proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
-        data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, server_round, node.partition_id),
+        proximal_mu=get_float(config, PROXIMAL_MU, 0.0),
+        data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, node.partition_id),
     )
     return plan_for(plan, cfg, node)  # zo: the zo.* settings and this round's seeds
 
 
-def fit_metrics(stats: FitStats) -> dict[str, float | int]:
-    return {
-        records.NUM_EXAMPLES: stats.num_examples,
-        "train-loss": stats.train_loss,
-        "forward-passes": stats.forward_passes,
-        "backward-passes": stats.backward_passes,
-        "peak-mem-mb": stats.peak_mem_mb,
-        "train-s": stats.seconds,
-    }
+def fit_metrics(stats: FitStats) -> TrainMetrics:
+    return TrainMetrics(stats.num_examples, stats.train_loss, stats.forward_passes,
+                        stats.backward_passes, stats.peak_mem_mb, stats.seconds)

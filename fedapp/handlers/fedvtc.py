@@ -11,7 +11,8 @@ from flwr.app import Context, Message
 
 from clients import NodeSpec, vtc
 from clients.faults import inject
-from fedapp import records
+from fedapp.wire import fedvtc as wire
+from fedapp.wire.common import ClientInfo, load_state, pack_arrays, save_state
 from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.data import ClientData, load_server_test
@@ -36,7 +37,7 @@ def _vtc_prepare(
             f"{cfg.fedvtc.latent_dim}: give clients vtc-cnn-* models (model.clients, as in "
             "fedapp/presets/fedvtc-digits.toml)"
         )
-    if (state := records.load_state(context.state, records.VTC_STATE_CLASSIFIER)) is not None:
+    if (state := load_state(context.state, wire.VTC_STATE_CLASSIFIER)) is not None:
         model.load_state_dict(state)
     f = cfg.fedvtc
     fit = common.fit_plan(cfg, node, msg)
@@ -57,15 +58,15 @@ def _vtc_decoder(
     """ψ: the server's (shared decoder), else this node's own from ``context.state`` or new."""
     seed = derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id, 1)
     decoder = build_decoder(cfg.fedvtc.latent_dim, data.spec, seed)
-    _, _, received = records.unpack_vtc_round(msg.content)
-    state = received or records.load_state(context.state, records.VTC_STATE_DECODER)
+    received = wire.decode_down(msg.content).decoder
+    state = received or load_state(context.state, wire.VTC_STATE_DECODER)
     if state is not None:
         decoder.load_state_dict(state)
     return decoder
 
 
 def _global_stats(msg: Message) -> FeatureStats:
-    _, stats, _ = records.unpack_vtc_round(msg.content)
+    stats = wire.decode_down(msg.content).global_stats
     if stats is None:
         raise ValueError(f"{msg.metadata.message_type} needs global-stats")
     return stats
@@ -74,21 +75,17 @@ def _global_stats(msg: Message) -> FeatureStats:
 def train_stats(msg: Message, context: Context) -> Message:
     """FedVTC steps 1-2: train the own classifier, reply per-class feature statistics."""
     cfg, node, data, model, plan = _vtc_prepare(context, msg)
-    _, global_stats, _ = records.unpack_vtc_round(msg.content)
+    global_stats = wire.decode_down(msg.content).global_stats
     fit = vtc.train_classifier(model, data.train, plan, global_stats, node.device)
-    records.save_state(context.state, records.VTC_STATE_CLASSIFIER, model.state_dict())
+    save_state(context.state, wire.VTC_STATE_CLASSIFIER, model.state_dict())
     stats = vtc.feature_stats(model, data.train, data.spec.num_classes,
                               cfg.server.eval_batch_size, node.device)
     if cfg.client.faulty(node.partition_id):
         stats = FeatureStats(**inject(cfg.client.fault, dataclasses.asdict(stats)))
-    metrics = {
-        records.NUM_EXAMPLES: fit.num_examples, "train-loss": fit.train_loss,
-        "forward-passes": fit.forward_passes, "backward-passes": fit.backward_passes,
-        "peak-mem-mb": fit.peak_mem_mb, "train-s": fit.seconds,
-    }
-    reply = records.pack_vtc_stats_reply(
-        stats, metrics, node.partition_id, node.trainer, node.model,
-        label_histogram(data.train.y, data.spec.num_classes),
+    reply = wire.encode_stats_reply(
+        stats, common.fit_metrics(fit),
+        ClientInfo(node.partition_id, node.trainer, node.model,
+                   label_histogram(data.train.y, data.spec.num_classes)),
     )
     return Message(reply, reply_to=msg)
 
@@ -97,31 +94,29 @@ def train_decoder(msg: Message, context: Context) -> Message:
     """FedVTC step 4: train ψ with the classifier frozen; reply ψ when it is shared."""
     cfg, node, data, model, plan = _vtc_prepare(context, msg)
     decoder = _vtc_decoder(cfg, node, data, msg, context)
-    opt_state = records.load_state(context.state, records.VTC_STATE_DECODER_OPT)
+    opt_state = load_state(context.state, wire.VTC_STATE_DECODER_OPT)
     out, opt_state = vtc.train_decoder(model, decoder, data.train, _global_stats(msg), plan,
                                        opt_state, node.device)
-    records.save_state(context.state, records.VTC_STATE_DECODER, decoder.state_dict())
-    records.save_state(context.state, records.VTC_STATE_DECODER_OPT, opt_state)
-    metrics = {records.NUM_EXAMPLES: out.num_examples, records.VTC_LOSS: out.vtc_loss,
-               "rec-loss": out.rec_loss, "dm-loss": out.dm_loss, "train-s": out.seconds}
-    shared = records.pack_arrays(decoder.state_dict()) if cfg.fedvtc.share_decoder else None
-    return Message(records.pack_vtc_reply(metrics, records.VTC_DECODER_METRICS, shared),
-                   reply_to=msg)
+    save_state(context.state, wire.VTC_STATE_DECODER, decoder.state_dict())
+    save_state(context.state, wire.VTC_STATE_DECODER_OPT, opt_state)
+    shared = pack_arrays(decoder.state_dict()) if cfg.fedvtc.share_decoder else None
+    up = wire.DecoderUp(out.num_examples, out.vtc_loss, out.rec_loss, out.dm_loss, out.seconds,
+                        shared)
+    return Message(wire.encode_reply(up), reply_to=msg)
 
 
 def train_finetune(msg: Message, context: Context) -> Message:
     """FedVTC step 5: fine-tune the whole classifier on ψ's synthetic images (and real data)."""
     cfg, node, data, model, plan = _vtc_prepare(context, msg)
     decoder = VTCDecoder(cfg.fedvtc.latent_dim, data.spec)
-    state = records.load_state(context.state, records.VTC_STATE_DECODER)
+    state = load_state(context.state, wire.VTC_STATE_DECODER)
     if state is None:
         raise ValueError("train.finetune before train.decoder: this node has no decoder yet")
     decoder.load_state_dict(state)
     fit = vtc.finetune(model, decoder, data.train, _global_stats(msg), plan, node.device)
-    records.save_state(context.state, records.VTC_STATE_CLASSIFIER, model.state_dict())
-    metrics = {records.NUM_EXAMPLES: fit.num_examples, records.FINETUNE_LOSS: fit.train_loss,
-               "train-s": fit.seconds}
-    return Message(records.pack_vtc_reply(metrics, records.VTC_FINETUNE_METRICS), reply_to=msg)
+    save_state(context.state, wire.VTC_STATE_CLASSIFIER, model.state_dict())
+    up = wire.FinetuneUp(fit.num_examples, fit.train_loss, fit.seconds)
+    return Message(wire.encode_reply(up), reply_to=msg)
 
 
 def evaluate_vtc(msg: Message, context: Context) -> Message:
@@ -131,7 +126,6 @@ def evaluate_vtc(msg: Message, context: Context) -> Message:
     batch = cfg.server.eval_batch_size
     on_global = evaluate(model, test, batch, node.device)
     on_local = evaluate(model, data.test, batch, node.device)
-    metrics = {records.NUM_EXAMPLES: on_global.num_examples,
-               records.EVAL_LOSS: on_global.loss, records.EVAL_ACC: on_global.accuracy,
-               records.EVAL_LOSS_LOCAL: on_local.loss, records.EVAL_ACC_LOCAL: on_local.accuracy}
-    return Message(records.pack_vtc_reply(metrics, records.VTC_EVAL_METRICS), reply_to=msg)
+    up = wire.EvalUp(on_global.num_examples, on_global.loss, on_global.accuracy,
+                     on_local.loss, on_local.accuracy)
+    return Message(wire.encode_reply(up), reply_to=msg)

@@ -17,7 +17,8 @@ from clients.distill import (
     train_private,
 )
 from clients.faults import inject
-from fedapp import records
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import load_state, save_state, server_round
 from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.data import ClientData, load_server_test
@@ -32,79 +33,70 @@ def _private_model(
     model = build_model(
         node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, node.partition_id + 1)
     )
-    saved = records.load_state(context.state, records.FEDZGE_MODEL)
+    saved = load_state(context.state, wire.FEDZGE_MODEL)
     if saved is not None:
         model.load_state_dict(saved)
     return model
 
 
 def _private_accuracy(
-    cfg: AppConfig, node: NodeSpec, data: ClientData, model: SplitModel, server_round: int
-) -> dict[str, float]:
+    cfg: AppConfig, node: NodeSpec, data: ClientData, model: SplitModel, rnd: int
+) -> wire.PrivateAccuracy:
     """Accuracy on the global test set and on the local split (``-1``: not measured)."""
     when = cfg.fedzge.client_eval
-    measure = when == "every" or (when == "final" and server_round == cfg.num_server_rounds)
+    measure = when == "every" or (when == "final" and rnd == cfg.num_server_rounds)
     test = load_server_test(cfg.data, cfg.seed)[0] if measure else None
     size, device = cfg.server.eval_batch_size, node.device
-    return {
-        records.ACC_GLOBAL: accuracy(model, test, size, device),
-        records.ACC_LOCAL: accuracy(model, data.test if measure else None, size, device),
-    }
+    return wire.PrivateAccuracy(
+        accuracy(model, test, size, device),
+        accuracy(model, data.test if measure else None, size, device),
+    )
 
 
 def train_local(msg: Message, context: Context) -> Message:
     """FedZGE step 1: E1 epochs on the private model, which stays in ``context.state``."""
     cfg, node, data = common.prepare(context)
     model = _private_model(cfg, node, context, data)
-    server_round = int(records.round_config(msg.content).get(records.SERVER_ROUND, 1))  # type: ignore[arg-type]
-    seed = derive_seed(cfg.seed, PURPOSE_DATA_ORDER, server_round, node.partition_id)
-    stats = train_private(model, data.train, local_plan(cfg, server_round, seed), node.device)
-    records.save_state(context.state, records.FEDZGE_MODEL, model.state_dict())
-    metrics = {
-        records.NUM_EXAMPLES: stats.num_examples,
-        "train-loss": stats.train_loss,
-        "train-s": stats.seconds,
-        **_private_accuracy(cfg, node, data, model, server_round),
-    }
-    return Message(records.pack_metrics(metrics, records.LOCAL_METRICS), reply_to=msg)
+    rnd = server_round(msg.content)
+    seed = derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, node.partition_id)
+    stats = train_private(model, data.train, local_plan(cfg, rnd, seed), node.device)
+    save_state(context.state, wire.FEDZGE_MODEL, model.state_dict())
+    up = wire.LocalUp(stats.num_examples, stats.train_loss, stats.seconds,
+                      _private_accuracy(cfg, node, data, model, rnd))
+    return Message(wire.encode_local_reply(up), reply_to=msg)
 
 
 def query_logits(msg: Message, context: Context) -> Message:
     """FedZGE step 4: logits of x and its q perturbed copies; x is kept for the local KD."""
     cfg, node, data = common.prepare(context)
     model = _private_model(cfg, node, context, data)
-    x, perturbed, config = records.unpack_query(msg.content)
+    down = wire.decode_query(msg.content)
     logits = query_answer(
-        model, x, perturbed, int(config[records.NUM_DIRECTIONS]),  # type: ignore[arg-type]
-        int(config.get(records.QUERY_SEED, 0)), float(config[records.SMOOTHING]),  # type: ignore[arg-type]
-        node.device,
+        model, down.x, down.perturbed, down.num_directions,
+        down.seed if down.seed is not None else 0, down.smoothing, node.device,
     )
     if cfg.client.faulty(node.partition_id):
-        logits = inject(cfg.client.fault, {records.LOGITS: logits})[records.LOGITS]
-    round_tag = torch.tensor([int(config.get(records.SERVER_ROUND, 0))])  # type: ignore[arg-type]
-    records.save_state(
-        context.state, records.FEDZGE_INPUTS, {records.X: x, records.INPUT_ROUND: round_tag}
-    )
-    return Message(records.pack_logits(logits, len(data.train)), reply_to=msg)
+        logits = inject(cfg.client.fault, {wire.LOGITS: logits})[wire.LOGITS]
+    round_tag = torch.tensor([down.server_round])
+    save_state(context.state, wire.FEDZGE_INPUTS, {wire.X: down.x, wire.INPUT_ROUND: round_tag})
+    return Message(wire.encode_logits(wire.LogitsUp(logits, len(data.train))), reply_to=msg)
 
 
 def train_distill(msg: Message, context: Context) -> Message:
     """FedZGE step 7: E3 KD steps on the kept x towards the ensemble logits ℓ̄(x)."""
     cfg, node, data = common.prepare(context)
     model = _private_model(cfg, node, context, data)
-    soft, config = records.unpack_distill(msg.content)
-    kept = records.load_state(context.state, records.FEDZGE_INPUTS)
-    server_round = int(config.get(records.SERVER_ROUND, 0))  # type: ignore[arg-type]
-    if kept is None or int(kept[records.INPUT_ROUND][0]) != server_round:
-        raise RuntimeError(f"train.distill for round {server_round} without that round's query")
+    down = wire.decode_distill(msg.content)
+    kept = load_state(context.state, wire.FEDZGE_INPUTS)
+    if kept is None or int(kept[wire.INPUT_ROUND][0]) != down.server_round:
+        raise RuntimeError(
+            f"train.distill for round {down.server_round} without that round's query"
+        )
     loss = distill_private(
-        model, kept[records.X], soft, float(config[records.TEMPERATURE]),  # type: ignore[arg-type]
-        int(config[records.STEPS]), cfg.fedzge.client_lr, node.device,  # type: ignore[arg-type]
+        model, kept[wire.X], down.soft_labels, down.temperature, down.steps,
+        cfg.fedzge.client_lr, node.device,
     )
-    records.save_state(context.state, records.FEDZGE_MODEL, model.state_dict())
-    metrics = {
-        records.NUM_EXAMPLES: len(data.train),
-        records.DISTILL_LOSS: loss,
-        **_private_accuracy(cfg, node, data, model, server_round),
-    }
-    return Message(records.pack_metrics(metrics, records.DISTILL_METRICS), reply_to=msg)
+    save_state(context.state, wire.FEDZGE_MODEL, model.state_dict())
+    up = wire.DistillUp(len(data.train), loss,
+                        _private_accuracy(cfg, node, data, model, down.server_round))
+    return Message(wire.encode_distill_reply(up), reply_to=msg)

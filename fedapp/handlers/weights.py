@@ -8,7 +8,9 @@ from clients import TRAINERS, FitPlan, NodeSpec
 from clients.base import LossFn, cross_entropy_loss
 from clients.faults import inject
 from clients.regularizers import LABEL_COUNTS, fedgen_loss
-from fedapp import records
+from fedapp.wire import fedgen as fedgen_wire
+from fedapp.wire import weights as wire
+from fedapp.wire.common import ClientInfo, unpack_arrays
 from fedapp.config import AppConfig
 from fedapp.handlers import common
 from fedapp.task.data import ClientData
@@ -20,7 +22,7 @@ from fedapp.task.seeding import PURPOSE_FEDGEN_CLIENT, derive_seed
 def _model(node: NodeSpec, data: ClientData, msg: Message) -> SplitModel:
     """This node's architecture holding the message's global weights."""
     model = build_model(node.model, data.spec)
-    model.load_state_dict(records.unpack_arrays(msg.content))
+    model.load_state_dict(unpack_arrays(msg.content))
     return model
 
 
@@ -28,7 +30,7 @@ def _loss_fn(
     cfg: AppConfig, node: NodeSpec, msg: Message, plan: FitPlan, model: SplitModel, classes: int
 ) -> LossFn:
     """The plain objective, or FedGen's regularised one when the message carries a generator."""
-    rnd = records.unpack_fedgen(msg.content)
+    rnd = fedgen_wire.decode_down(msg.content)
     if rnd is None:
         return cross_entropy_loss
     seed = derive_seed(cfg.seed, PURPOSE_FEDGEN_CLIENT, plan.server_round, node.partition_id)
@@ -45,13 +47,11 @@ def train(msg: Message, context: Context) -> Message:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if cfg.client.faulty(node.partition_id):
         state = inject(cfg.client.fault, state)
-    reply = records.pack_train_reply(
-        records.pack_arrays(state),
+    reply = wire.encode_train_reply(
+        state,
         common.fit_metrics(stats),
-        node.partition_id,
-        node.trainer,
-        node.model,
-        LABEL_COUNTS[cfg.fedgen.label_counts](data.train, plan, data.spec.num_classes),
+        ClientInfo(node.partition_id, node.trainer, node.model,
+                   LABEL_COUNTS[cfg.fedgen.label_counts](data.train, plan, data.spec.num_classes)),
     )
     return Message(reply, reply_to=msg)
 
@@ -61,5 +61,5 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, node, data = common.prepare(context)
     model = _model(node, data, msg)
     result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
-    reply = records.pack_eval_reply(result.num_examples, result.loss, result.accuracy)
+    reply = wire.encode_eval_reply(wire.EvalUp(result.num_examples, result.loss, result.accuracy))
     return Message(reply, reply_to=msg)
