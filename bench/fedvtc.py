@@ -45,12 +45,14 @@ import torch
 
 from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
-from clients.vtc import VTCPlan, train_classifier
+from clients.fedvtc import VTCPlan, train_classifier
+from clients.fo import FirstOrderTrainer
 from fedapp.config import AppConfig, load_config
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import VTC_ZOO, SplitModel, build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 METHODS = (
@@ -133,17 +135,17 @@ def run_local_only(cfg_dict: dict[str, Any], num_clients: int) -> dict[str, Any]
         name = cfg.model.for_partition(pid)
         model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, pid))
         for rnd in range(1, cfg.num_server_rounds + 1):
-            fit = FitPlan(server_round=rnd, lr=c.lr * c.lr_decay ** (rnd - 1),
+            fit = FitPlan(server_round=rnd, lr=round_lr(c.lr, c.lr_decay, rnd),
                           local_epochs=c.local_epochs, local_steps=c.local_steps,
                           batch_size=c.batch_size, optimizer=c.optimizer, momentum=c.momentum,
                           weight_decay=c.weight_decay, proximal_mu=0.0,
-                          data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid))
+                          data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid),
+                          max_grad_norm=f.max_grad_norm)
             plan = VTCPlan(fit=fit, lambda_kl=0.0, lambda_dm=f.lambda_dm, lambda_syn=f.lambda_syn,
                            delta=f.delta, decoder_lr=f.decoder_lr, decoder_epochs=f.decoder_epochs,
                            synthetic_batch=f.synthetic_batch, finetune_steps=f.finetune_steps,
-                           mix_real=f.mix_real, dm=f.dm, noise_seed=0,
-                           max_grad_norm=f.max_grad_norm)
-            train_classifier(model, data.train, plan, None, DEVICE)
+                           mix_real=f.mix_real, dm=f.dm, noise_seed=0)
+            train_classifier(model, data.train, plan, None, DEVICE, FirstOrderTrainer())
         models[pid] = model
     per_client = [evaluate(m, test, 500, DEVICE).accuracy for m in models.values()]
     names = [cfg.model.for_partition(pid) for pid in models]

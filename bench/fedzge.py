@@ -44,10 +44,12 @@ import torch
 
 from bench.flwr_cli import ROOT
 from bench.inprocess import default_run_config, run_server_app
-from clients.distill import accuracy, local_plan, train_private
+from clients.fedzge import accuracy, local_update
+from clients.fo import FirstOrderTrainer
+from clients.plans import fedzge_plan, resolve_node
 from fedapp.wire import fedzge as wire
 from fedapp.wire.common import config_message, content_bytes
-from fedapp.config import AppConfig, load_config
+from fedapp.config import AppConfig, NodeConfig, load_config
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.fedzge import (
@@ -59,7 +61,7 @@ from fedapp.task.fedzge import (
     sample_latents,
 )
 from fedapp.task.models import ImageSpec, build_model
-from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
+from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.zo import unit_directions
 
 #: Round-robin over the 10 clients: one ``cnn`` (50x the MACs of the others), then
@@ -104,9 +106,10 @@ def local_only(cfg: AppConfig, clients: int) -> tuple[list[float], float]:
         data = load_client_data(cfg.data, cfg.seed, pid, clients)
         name = cfg.model.for_partition(pid)
         model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, pid + 1))
+        node = resolve_node(NodeConfig(partition_id=pid, num_partitions=clients), cfg)
         for rnd in range(1, cfg.num_server_rounds + 1):
-            seed = derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid)
-            train_private(model, data.train, local_plan(cfg, rnd, seed), torch.device("cpu"))
+            local_update(model, data.train, fedzge_plan(cfg, node, rnd), torch.device("cpu"),
+                         FirstOrderTrainer())
         accs.append(accuracy(model, test, cfg.server.eval_batch_size, torch.device("cpu")))
         models.append(model)
         sizes.append(len(data.train))

@@ -40,6 +40,7 @@ from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 
@@ -59,7 +60,7 @@ def plain_rounds(cfg: AppConfig, num_clients: int, rounds: int, threads: int) ->
             local = build_model(cfg.model.name, spec)
             local.load_state_dict(global_state)
             c = cfg.client
-            plan = FitPlan(rnd, c.lr * c.lr_decay ** (rnd - 1), c.local_epochs, c.local_steps,
+            plan = FitPlan(rnd, round_lr(c.lr, c.lr_decay, rnd), c.local_epochs, c.local_steps,
                            c.batch_size, c.optimizer, c.momentum, c.weight_decay, 0.0,
                            derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid))
             stats = FirstOrderTrainer().fit(local, data.train, plan, device)

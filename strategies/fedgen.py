@@ -12,7 +12,7 @@ adversarial student term), then averages the models as FedAvg does.
 
 Client contract (``train``): when the message carries ``generator``, minimise
 CE + (B_gen/B) alpha_t CE(h(G(eps, y_hat)), y_hat) + beta_t KL(softmax(h(G(eps, y)))
-|| softmax(f(x))) (:mod:`clients.regularizers`); reply FedAvg's ``arrays`` and
+|| softmax(f(x))) (:mod:`clients.fedgen`); reply FedAvg's ``arrays`` and
 ``metrics`` plus ``client-info`` with the label counts (a ConfigRecord, so FedAvg
 never averages them).
 """

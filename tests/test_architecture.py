@@ -19,9 +19,9 @@ ALLOWED: dict[str, set[str]] = {
                    "flwr.app", "flwr.serverapp", "flwr.common"},
     "clients": {"fedapp.config", "fedapp.task", "clients"},
     "fedapp.server_app": {"fedapp", "strategies", "flwr.app", "flwr.serverapp", "flwr.common"},
-    "fedapp.client_app": {"fedapp.handlers", "flwr.app", "flwr.clientapp"},
-    "fedapp.handlers": {"fedapp.config", "fedapp.task", "fedapp.wire", "fedapp.handlers",
-                        "clients", "flwr.app"},
+    "fedapp.client_app": {"clients.handlers", "flwr.app", "flwr.clientapp"},
+    "clients.handlers": {"fedapp.config", "fedapp.task", "fedapp.wire", "clients",
+                         "flwr.app", "flwr.clientapp"},
     "fedapp.checkpoint": {"fedapp.config", "fedapp.results"},
     "fedapp.liveness": {"fedapp.config", "flwr.app", "flwr.serverapp", "flwr.common"},
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clients import resolve_node
+from clients.plans import resolve_node
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
 from fedapp.config import load_config, load_node_config

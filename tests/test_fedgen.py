@@ -16,7 +16,7 @@ from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consis
 
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
-from clients.regularizers import draw_counts, fedgen_loss
+from clients.fedgen import draw_counts, fedgen_loss
 from fedapp.wire import fedgen as fedgen_wire
 from fedapp.wire.common import CLIENT_INFO, INFO_TRAINER, decode_client_info
 from fedapp.client_app import app as client_app

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.distill import query_answer
+from clients.fedzge import query_answer
 from fedapp.config import ModelConfig, parse_model_map
 from fedapp.task import fedzge as zge
 from fedapp.task.models import ImageSpec, build_model

@@ -9,7 +9,7 @@ The server learns G_w(eps, y) -> z, a label-conditioned generator of *latent
 features* (inputs of the classifiers' last layer), such that the label-weighted
 ensemble of the fresh client heads classifies z as y (teacher loss), while a
 diversity loss keeps different noises apart. Clients then use G_w as a
-regulariser (:mod:`clients.regularizers`).
+regulariser (:mod:`clients.fedgen`).
 
 Deviations from the official code, each an option (SPEC §2.8):
 

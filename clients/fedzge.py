@@ -12,64 +12,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clients.base import FitPlan, FitStats, measured
-from fedapp.config import AppConfig
+from clients.base import FitPlan, FitStats, Trainer
 from fedapp.task.data import Arrays
 from fedapp.task.evaluate import evaluate
 from fedapp.task.fedzge import answer_queries, distill, seeded_queries
-from fedapp.task.metering import Meter
 from fedapp.task.models import SplitModel
 
 #: Reported for an accuracy that was not measured (``fedzge.client-eval``, empty split).
 NOT_MEASURED = -1.0
 
 
-def local_plan(cfg: AppConfig, server_round: int, data_seed: int) -> FitPlan:
-    """E1 epochs of Adam(lr_k) with batch B (SPEC §3.2 step 1); the schedule is cosine."""
-    z = cfg.fedzge
-    return FitPlan(
-        server_round=server_round,
-        lr=z.client_lr,
-        local_epochs=z.local_epochs,
-        local_steps=0,
-        batch_size=z.batch_size,
-        optimizer="adam",
-        momentum=0.0,
-        weight_decay=0.0,
-        proximal_mu=0.0,
-        data_seed=data_seed,
-    )
-
-
-def train_private(
-    model: SplitModel, data: Arrays, plan: FitPlan, device: torch.device
+def local_update(
+    model: SplitModel, data: Arrays, plan: FitPlan, device: torch.device, trainer: Trainer
 ) -> FitStats:
-    """Local update of the private model: fresh Adam, cosine over all E1 epochs' steps.
+    """Step 1: E1 epochs on the private model with ``trainer`` (a fresh Adam, cosine, per round).
 
-    Official: Adam(0.01) recreated every round, cosine annealing over E1 epochs; we
-    anneal per step instead of per epoch (same end points, smoother in between).
+    Official: Adam(0.01) recreated every round, cosine annealing over E1 epochs; the
+    plan anneals per step instead of per epoch (same end points, smoother in between).
+    ``fedzge.local-epochs = 0`` skips the update.
     """
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr)
-    steps_per_epoch = -(-len(data) // plan.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, plan.local_epochs * steps_per_epoch)
-    )
-    meter = Meter(device)
-
-    def step(x: Tensor, y: Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        meter.forward_passes += 1
-        meter.backward_passes += 1
-        return float(loss.detach())
-
     if plan.local_epochs == 0:
+        model.to(device).train()
         return FitStats(len(data), 0.0, 0, 0, 0.0, 0.0)
-    return measured(data, plan, device, step, meter)
+    return trainer.fit(model, data, plan, device)
 
 
 def query_answer(
