@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -131,15 +131,13 @@ def run_federation(
 
     ``initial`` replaces the seeded initial model (fine-tuning from a pre-trained one).
     """
-    from fedapp.wire.common import pack_arrays
     from fedapp.client_app import app as client_app
     from fedapp.config import load_config
     from fedapp.results import ResultsWriter, read_rounds, run_dir
-    from fedapp.server_app import RoundRecorder
+    from fedapp.server_app import federate
     from fedapp.task.data import load_server_test
     from fedapp.task.models import build_model
     from fedapp.task.seeding import PURPOSE_INIT, derive_seed
-    from strategies import build_strategy
 
     flat = {**default_run_config(), **overrides}
     cfg = load_config(flat)
@@ -147,17 +145,8 @@ def run_federation(
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     if initial is not None:
         model.load_state_dict(initial)
-    strategy = build_strategy(cfg)
     writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), {"config": flat})
-    strategy.start(
-        grid=InProcessGrid(client_app, flat, num_nodes, record=False),
-        initial_arrays=pack_arrays(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundRecorder(cfg, strategy, writer, model),
-    )
+    federate(InProcessGrid(client_app, flat, num_nodes, record=False), cfg, model, writer)
     return read_rounds(Path(writer.dir))
 
 

@@ -16,14 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, Self, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import field_validator, model_validator
 
 StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge", "fedvtc"]
 TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
@@ -43,20 +37,6 @@ TrainerChoice = TrainerName | Literal["mixed"]
 ZOEstimatorName = Literal["central", "forward"]
 ZODirectionName = Literal["gaussian", "sphere"]
 ZOSeedSource = Literal["shared", "client"]
-
-#: Which trainers each strategy can drive; checked once the config is parsed.
-ACCEPTS: dict[str, frozenset[str]] = {
-    "fedavg": frozenset({"fo", "zo", "mixed"}),
-    "fedprox": frozenset({"fo", "zo", "mixed"}),
-    "zo-seed": frozenset({"zo"}),
-    "fedgen": frozenset({"fo", "zo", "mixed"}),
-    "heron-sfl": frozenset({"split-zo", "split-fo"}),
-    "fedzge": frozenset({"fo"}),
-    "fedvtc": frozenset({"fo"}),
-}
-
-#: Strategies whose clients may run architectures of their own (``model.clients``, node-config).
-HETEROGENEOUS = frozenset({"fedzge", "fedvtc"})
 
 
 class ConfigError(ValueError):
@@ -170,10 +150,8 @@ class TimeoutsConfig(Section):
 
     def for_phase(self, category: str, default: float) -> float:
         """The reply timeout of a message category (``train``, ``evaluate``, ``query``)."""
-        value = {"train": self.train, "evaluate": self.evaluate, "query": self.query}.get(
-            category, 0.0
-        )
-        return value or default
+        values = {"train": self.train, "evaluate": self.evaluate, "query": self.query}
+        return values.get(category, 0.0) or default
 
 
 class ZOConfig(Section):
@@ -305,43 +283,17 @@ class AppConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.client.trainer not in ACCEPTS[self.strategy]:
-            allowed = ", ".join(sorted(ACCEPTS[self.strategy]))
-            raise ValueError(
-                f"strategy {self.strategy!r} cannot use client.trainer "
-                f"{self.client.trainer!r} (allowed: {allowed})"
-            )
-        if self.strategy == "zo-seed" and self.zo.momentum > 0:
-            raise ValueError(
-                "zo.momentum must be 0 with strategy 'zo-seed' (replaying (seed, scalar) "
-                "pairs cannot rebuild a momentum buffer)"
-            )
+        """Rules across sections; a strategy's own rules are on its card (``strategies``)."""
         if self.server.fraction_evaluate > 0 and self.data.local_test_size == 0:
             raise ValueError(
                 "server.fraction-evaluate > 0 needs data.local-test-size > 0 "
                 "(clients evaluate on their local test split)"
-            )
-        if self.model.clients and self.strategy not in HETEROGENEOUS:
-            raise ValueError(
-                f"model.clients = {self.model.clients!r} gives clients their own architectures, "
-                f"which strategy {self.strategy!r} cannot aggregate (allowed with: "
-                f"{', '.join(sorted(HETEROGENEOUS))})"
             )
         if self.data.val_size > 0 and self.data.dataset not in ("mnist-offline", "digits", "local"):
             raise ValueError(
                 f"data.val-size = {self.data.val_size} needs offline or local data "
                 f"(a validation split of hub dataset {self.data.dataset!r} is not implemented)"
             )
-        if self.strategy == "fedzge" and self.fedzge.select == "best_on_val" and not (
-            self.data.val_size > 0
-        ):
-            raise ValueError(
-                "fedzge.select = 'best_on_val' needs data.val-size > 0 (a validation split "
-                "held out of the training data; the test set never selects a round)"
-            )
-        if self.strategy == "fedvtc" and self.data.local_test_size == 0:
-            raise ValueError("strategy 'fedvtc' needs data.local-test-size > 0 "
-                             "(clients report accuracy on their local test split)")
         if self.data.dataset == "local" and not (self.data.path or self.data.test_path):
             raise ValueError(
                 "data.dataset = 'local' needs data.path (data to partition) or "

@@ -51,8 +51,8 @@ from fedapp.task.seeding import (
     derive_seed,
     torch_generator,
 )
-from strategies.fedavg import common_kwargs
-from strategies.screened import Screened
+from strategies.card import StrategyCard
+from strategies.fedavg import WEIGHT_TRAINERS, FedAvgRounds, common_kwargs
 
 
 class FedGenAvg(FedAvg):
@@ -193,11 +193,11 @@ class FedGenAvg(FedAvg):
         super().summary()
 
 
-class FedGen(Screened, FedGenAvg):
+class FedGen(FedAvgRounds, FedGenAvg):
     """FedGen behind reply screening and byte accounting: G_w trains on screened replies."""
 
     def state_dict(self) -> dict[str, Any]:
-        # Screened's (empty) state_dict precedes FedGenAvg in the MRO
+        # the base's (empty) state_dict precedes FedGenAvg in the MRO
         return self.generator_state()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -209,3 +209,6 @@ def build_fedgen(cfg: AppConfig) -> FedGen:
     _, spec = load_server_test(cfg.data, cfg.seed)
     template = build_model(cfg.model.name, spec)
     return FedGen(**common_kwargs(cfg), fedgen=cfg.fedgen, template=template, seed=cfg.seed)
+
+
+CARD = StrategyCard("fedgen", build_fedgen, WEIGHT_TRAINERS, default_trainer="fo")

@@ -11,7 +11,7 @@ dispersion (``cov = diag``, V5), distribution matching (``dm``, V6).
 
 There is no global model: the headline metric is the mean over clients of
 their own classifier's accuracy on the global test set (SPEC §7.2), reported
-in ``ledger.extra`` as ``accuracy`` (``has_global_model = False``).
+in ``ledger.extra`` as ``accuracy`` (its card says ``global_model=False``).
 
 Client contract
 ---------------
@@ -48,11 +48,12 @@ from fedapp.wire import fedvtc as wire
 from fedapp.wire.common import FINETUNE_LOSS, TRAIN_LOSS, VTC_LOSS, pack_arrays
 from fedapp.config import AppConfig
 from fedapp.task.data import load_server_test
-from fedapp.task.models import ImageSpec
+from fedapp.task.models import VTC_ZOO, ImageSpec
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
 from fedapp.task.vtc import average_states, build_decoder
-from strategies._phased import PhasedStrategy
+from strategies.card import StrategyCard
+from strategies.phased import PhasedStrategy
 
 
 def initial_decoder(latent_dim: int, spec: ImageSpec, seed: int) -> ArrayRecord:
@@ -74,8 +75,6 @@ class FedVTC(PhasedStrategy):
     num_rounds : int
         R, for ``final_only``.
     """
-
-    has_global_model = False
 
     def __init__(
         self,
@@ -224,3 +223,17 @@ class FedVTC(PhasedStrategy):
 def _mean(values: list[float]) -> float:
     """Unweighted mean over clients (NaN without replies)."""
     return sum(values) / len(values) if values else float("nan")
+
+
+def _needs_local_test(cfg: AppConfig) -> str | None:
+    if cfg.data.local_test_size == 0:
+        return ("strategy 'fedvtc' needs data.local-test-size > 0 "
+                "(clients report accuracy on their local test split)")
+    return None
+
+
+CARD = StrategyCard(
+    "fedvtc", FedVTC.from_config, frozenset({"fo"}), default_trainer="fo",
+    client_models=VTC_ZOO, heterogeneous=True, global_model=False,
+    checks=(_needs_local_test,),
+)

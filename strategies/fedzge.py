@@ -76,7 +76,8 @@ from fedapp.task.seeding import (
     derive_seed,
 )
 from fedapp.task.zo import unit_directions
-from strategies._phased import PhasedStrategy
+from strategies.card import StrategyCard
+from strategies.phased import PhasedStrategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,6 @@ class FedZGE(PhasedStrategy):
         self.generator_optimizer = self._generator_optimizer()
         self.server_optimizer = self._server_optimizer()
         self.round = 0
-        self.select = cfg.select
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> FedZGE:
@@ -297,3 +297,17 @@ class FedZGE(PhasedStrategy):
         log(INFO, "\t├── directions: %s transport; info term: %s; exact diversity: %s",
             c.direction_transport, c.info_term, c.exact_diversity)
         super().summary()
+
+
+def _selection_needs_validation(cfg: AppConfig) -> str | None:
+    if cfg.fedzge.select == "best_on_val" and not cfg.data.val_size > 0:
+        return ("fedzge.select = 'best_on_val' needs data.val-size > 0 (a validation split "
+                "held out of the training data; the test set never selects a round)")
+    return None
+
+
+CARD = StrategyCard(
+    "fedzge", FedZGE.from_config, frozenset({"fo"}), default_trainer="fo",
+    client_models=("fedgen-cnn", "mlp", "cnn"), heterogeneous=True,
+    select=lambda cfg: cfg.fedzge.select, checks=(_selection_needs_validation,),
+)

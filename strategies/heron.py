@@ -43,7 +43,8 @@ from fedapp.task.data import load_server_test
 from fedapp.task.evaluate import evaluate, resolve_device
 from fedapp.task.seeding import PURPOSE_AUX_INIT, PURPOSE_INIT, derive_seed
 from fedapp.task.split import back_end_step, build_split, uniform_average
-from strategies._phased import PhasedStrategy
+from strategies.card import StrategyCard
+from strategies.phased import PhasedStrategy
 
 
 
@@ -204,3 +205,7 @@ class HeronSFL(PhasedStrategy):
         log(INFO, "\t├── ZO: %s, %s, P %d, mu %g, bn %s",
             h.direction, h.estimator, h.directions, h.smoothing, h.bn)
         super().summary()
+
+
+CARD = StrategyCard("heron-sfl", HeronSFL.from_config, frozenset({"split-zo", "split-fo"}),
+                    default_trainer="split-zo")

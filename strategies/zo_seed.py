@@ -52,9 +52,10 @@ from fedapp.config import AppConfig
 from fedapp.task import zo
 from fedapp.task.data import load_server_test
 from fedapp.task.models import ImageSpec, SplitModel, build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_ZO_STEP, derive_seed
-from strategies.fedavg import common_kwargs
-from strategies.screened import Screened
+from strategies.card import StrategyCard
+from strategies.fedavg import FedAvgRounds, common_kwargs
 
 
 def initial_model(cfg: AppConfig, spec: ImageSpec) -> SplitModel:
@@ -62,7 +63,7 @@ def initial_model(cfg: AppConfig, spec: ImageSpec) -> SplitModel:
     return build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
 
 
-class ZOSeed(Screened, FedAvg):
+class ZOSeed(FedAvgRounds, FedAvg):
     """Seed-compressed zeroth-order aggregation with history replay (see the module docstring)."""
 
     def __init__(self, cfg: AppConfig, spec: ImageSpec, **kwargs: Any) -> None:
@@ -123,7 +124,7 @@ class ZOSeed(Screened, FedAvg):
 
     def lr(self, server_round: int) -> float:
         """η_t = zo.lr · client.lr-decay^(t−1), as the nodes compute it."""
-        return self.cfg.zo.lr * self.cfg.client.lr_decay ** (server_round - 1)
+        return round_lr(self.cfg.zo.lr, self.cfg.client.lr_decay, server_round)
 
     def seed_base(self, server_round: int) -> int:
         return derive_seed(self.cfg.seed, PURPOSE_ZO_STEP, server_round)
@@ -272,3 +273,14 @@ def _average_buffers(
         mean = np.tensordot(weights, stacked, axes=1)
         out[key] = torch.as_tensor(np.rint(mean) if not ref.is_floating_point() else mean).to(ref.dtype)
     return out
+
+
+def _no_momentum(cfg: AppConfig) -> str | None:
+    if cfg.zo.momentum > 0:
+        return ("zo.momentum must be 0 with strategy 'zo-seed' (replaying (seed, scalar) "
+                "pairs cannot rebuild a momentum buffer)")
+    return None
+
+
+CARD = StrategyCard("zo-seed", ZOSeed.from_config, frozenset({"zo"}), default_trainer="zo",
+                    checks=(_no_momentum,))

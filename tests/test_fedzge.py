@@ -19,6 +19,7 @@ from fedapp.server_app import main
 from fedapp.task.data import load_server_test
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
+from strategies import card_for
 from strategies.fedzge import FedZGE
 
 MODELS = "0:fedgen-cnn,1:mlp,2:cnn"
@@ -100,7 +101,7 @@ def test_best_on_val_reports_the_round_the_validation_split_picks(small: dict) -
     assert selected["rule"] == "best_on_val" and selected["round"] == best["round"]
     assert selected["accuracy"] == best["accuracy"]  # the test accuracy of that round, not the max
     with pytest.raises(ConfigError, match="best_on_val' needs data.val-size > 0"):
-        load_config({**small, "fedzge.select": "best_on_val"})
+        card_for(load_config({**small, "fedzge.select": "best_on_val"}))
 
 
 def test_no_client_weights_ever_leave_a_client(small: dict) -> None:
@@ -161,7 +162,7 @@ def test_a_round_without_answers_is_skipped_and_changes_nothing(small: dict) -> 
     assert out is arrays
     for k, v in strategy.generator.state_dict().items():
         assert torch.equal(v, generator[k]), k
-    ledger = strategy.close_round()
+    ledger = strategy.ledger
     assert ledger.extra["skipped"] == 1.0 and ledger.clients == 0 and ledger.failed == 3
     assert not of_type(grid.sent, "train.distill")
 

@@ -9,7 +9,8 @@ from fakes import FakeGrid
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from strategies._phased import NotEnoughNodes, PhasedStrategy
+from fedapp.ledger import RoundReport
+from strategies.phased import NotEnoughNodes, PhasedStrategy
 
 
 def echo_app(msg: Message, ctx: Context) -> Message:
@@ -44,10 +45,10 @@ def test_send_counts_bytes_failures_and_rejections() -> None:
     strategy = Echo(fraction_train=1.0, min_available_nodes=2)
     ledgers = {}
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
-        ledgers[server_round] = strategy.close_round()
+    def on_round(report: RoundReport) -> None:
+        ledgers[report.round] = report.ledger
 
-    strategy.start(grid, ArrayRecord(), num_rounds=2, evaluate_fn=evaluate_fn)
+    strategy.start(grid, ArrayRecord(), num_rounds=2, on_round=on_round)
     assert sorted(ledgers) == [0, 1, 2]
     assert strategy.seen == [{100: 0.0, 103: 3.0}] * 2
     for ledger in (ledgers[1], ledgers[2]):

@@ -12,7 +12,7 @@ from flwr.app import Context, RecordDict
 
 from fedapp.wire.common import PROXIMAL_MU, content_bytes
 from fedapp.client_app import app as client_app
-from fedapp.config import ACCEPTS, load_config
+from fedapp.config import load_config
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from strategies import STRATEGIES, build_strategy
@@ -37,9 +37,11 @@ def small(run_config: dict) -> dict:
 
 
 def test_registry_builds_every_strategy(run_config: dict) -> None:
-    for name in STRATEGIES:
-        trainer = min(ACCEPTS[name])  # a trainer this strategy can drive
-        cfg = load_config({**run_config, "strategy": name, "client.trainer": trainer})
+    for name, card in STRATEGIES.items():
+        models = ",".join(card.client_models)
+        cfg = load_config({**run_config, "strategy": name, "client.trainer": card.default_trainer,
+                           "model.clients": models})
+        assert card.default_trainer in card.trainers
         assert build_strategy(cfg) is not None
 
 

@@ -21,6 +21,7 @@ from fedapp.config import ConfigError, load_config, load_node_config
 from fedapp.task import zo
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import ImageSpec, SplitModel, build_model
+from strategies import card_for
 
 CPU = torch.device("cpu")
 
@@ -172,6 +173,7 @@ def test_trainer_choice_per_node(run_config: dict) -> None:
     assert resolve_node(node, cfg).trainer == "fo"  # node config wins
     assert mixed_trainer(2, 3, 1.0) == "zo" and mixed_trainer(0, 3, 0.0) == "fo"
     with pytest.raises(ConfigError, match="zo.momentum must be 0"):
-        load_config({**run_config, "strategy": "zo-seed", "client.trainer": "zo", "zo.momentum": 0.9})
+        card_for(load_config({**run_config, "strategy": "zo-seed", "client.trainer": "zo",
+                              "zo.momentum": 0.9}))
     with pytest.raises(ConfigError, match="cannot use client.trainer 'mixed'"):
-        load_config({**run_config, "strategy": "zo-seed", "client.trainer": "mixed"})
+        card_for(load_config({**run_config, "strategy": "zo-seed", "client.trainer": "mixed"}))
