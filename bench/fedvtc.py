@@ -21,7 +21,7 @@ Metrics at the final round: the clients' mean accuracy on the global test set
 (generalisation, the paper's metric) and on their own local test splits; for
 FedGen and FedAvg the one global model on each. Traffic: measured bytes (up + down) per
 participating client per round, averaged over rounds. All federated runs go
-through the real ServerApp/ClientApp code in one process (``bench.inprocess``).
+through the real ServerApp/ClientApp code in one process (``fedapp.harness``).
 
 Usage::
 
@@ -43,11 +43,11 @@ from typing import Any
 
 import torch
 
-from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
 from clients.fedvtc import VTCPlan, train_classifier
 from clients.fo import FirstOrderTrainer
 from fedapp.config import AppConfig, load_config
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate

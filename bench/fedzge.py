@@ -19,7 +19,7 @@ Side by side, for every Dirichlet alpha and seed, on the same partition of
   KD code for as many steps as FedZGE's server takes in the whole run (E2 per round):
   the ceiling of the KD path when the synthetic images are as good as real ones.
 
-Everything runs in-process (:mod:`bench.inprocess`: the real ServerApp, ClientApp,
+Everything runs in-process (:mod:`fedapp.harness`: the real ServerApp, ClientApp,
 messages and byte counts; no Ray), one torch thread. Finally the records of one
 round are built for the official CIFAR-10 shapes (N = 500, q = 5, C = 10) and their
 bytes counted, to compare with the official code's 35.2 MiB down / 117 KiB up.
@@ -43,13 +43,11 @@ from typing import Any
 import torch
 
 from bench.flwr_cli import ROOT
-from bench.inprocess import default_run_config, run_server_app
 from clients.fedzge import accuracy, local_update
 from clients.fo import FirstOrderTrainer
 from clients.plans import fedzge_plan, resolve_node
-from fedapp.wire import fedzge as wire
-from fedapp.wire.common import config_message, content_bytes
 from fedapp.config import AppConfig, NodeConfig, load_config
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.fedzge import (
@@ -63,6 +61,8 @@ from fedapp.task.fedzge import (
 from fedapp.task.models import ImageSpec, build_model
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.zo import unit_directions
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, content_bytes
 
 #: Round-robin over the 10 clients: one ``cnn`` (50x the MACs of the others), then
 #: ``fedgen-cnn`` and ``mlp`` alternating; ResNets are out of reach of a shared 2-core CPU.

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, RecordDict
 
-from bench.inprocess import InProcessGrid, default_run_config
+from fedapp.harness import InProcessGrid, default_run_config
 
 #: Keys measured by a clock or the process's memory: they differ between identical runs.
 VOLATILE = frozenset({

@@ -26,7 +26,7 @@ serialised records of one client's ``train.split`` message and reply, for
 ``curves``: accuracy per round on ``mnist-offline`` (5 IID clients, FedGen's
 MNIST CNN cut after its convolutions), all three methods with the same data,
 rounds, batch and learning rates, in-process through the real ServerApp,
-strategy and ClientApp handlers (:class:`tests.fakes.FakeGrid`).
+strategy and ClientApp handlers (:class:`fedapp.harness.InProcessGrid`).
 
 Usage::
 
@@ -169,7 +169,7 @@ def curve(method: str, rounds: int, out: Path) -> list[dict[str, Any]]:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import pyproject_run_config
-    from fakes import FakeGrid
+    from fedapp.harness import InProcessGrid
 
     from fedapp.client_app import app as client_app
     from fedapp.results import read_rounds
@@ -188,7 +188,7 @@ def curve(method: str, rounds: int, out: Path) -> list[dict[str, Any]]:
         "cse-fsl": {"strategy": "heron-sfl", "client.trainer": "split-fo"},
         "fedavg": {"strategy": "fedavg", "client.trainer": "fo"},
     }[method]
-    grid = FakeGrid(client_app, cfg, 5)
+    grid = InProcessGrid(client_app, cfg, 5)
     server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                               run_config=cfg))
     return read_rounds(out / method)

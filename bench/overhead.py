@@ -9,7 +9,7 @@ its per-round time is the ``wall-s`` column of ``metrics.jsonl``. Round 1 holds
 Ray's actor start-up and is reported apart; the steady-state rounds 2..R give
 the median. The plain loop runs the clients one after another in one process
 with ``torch.set_num_threads(threads)``. A third column runs our ServerApp and
-ClientApp code in one process (:func:`bench.inprocess.run_server_app`: the same
+ClientApp code in one process (:func:`fedapp.harness.run_server_app`: the same
 messages, screening, checkpoints and results files, no Ray and no SuperLink), to
 tell the app's own cost from the simulation runtime's.
 
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from bench.flwr_cli import ROOT, FlwrCli
-from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
 from fedapp.config import AppConfig, load_config
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate

@@ -1,6 +1,6 @@
 """Communication per client per round: FedAvg (weights) vs zo-seed (seeds and scalars).
 
-In-process federations (:mod:`bench.inprocess`): 10 clients, Dirichlet(0.5) over
+In-process federations (:mod:`fedapp.harness`): 10 clients, Dirichlet(0.5) over
 the offline MNIST subset, FedGen's MNIST CNN, 20 local steps, client-side
 evaluation off (train traffic only), 3 rounds. Bytes come from the strategy's
 ledger (``bytes-up``/``bytes-down`` of ``metrics.jsonl``: the records actually
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench.flwr_cli import ROOT
-from bench.inprocess import run_federation
+from fedapp.harness import run_federation
 
 STEPS = 20
 COMMON = {"num-server-rounds": 3, "server.fraction-evaluate": 0.0, "client.local-steps": STEPS,

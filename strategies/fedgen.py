@@ -30,8 +30,6 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedapp.wire import fedgen as wire
-from fedapp.wire.common import decode_client_info, pack_arrays, unpack_arrays
 from fedapp.config import AppConfig, FedGenConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.fedgen import (
@@ -51,6 +49,8 @@ from fedapp.task.seeding import (
     derive_seed,
     torch_generator,
 )
+from fedapp.wire import fedgen as wire
+from fedapp.wire.common import decode_client_info, pack_arrays, unpack_arrays
 from strategies.card import StrategyCard
 from strategies.fedavg import WEIGHT_TRAINERS, FedAvgRounds, common_kwargs
 

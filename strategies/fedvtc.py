@@ -44,14 +44,14 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp.wire import fedvtc as wire
-from fedapp.wire.common import FINETUNE_LOSS, TRAIN_LOSS, VTC_LOSS, pack_arrays
 from fedapp.config import AppConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.models import VTC_ZOO, ImageSpec
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
 from fedapp.task.vtc import average_states, build_decoder
+from fedapp.wire import fedvtc as wire
+from fedapp.wire.common import FINETUNE_LOSS, TRAIN_LOSS, VTC_LOSS, pack_arrays
 from strategies.card import StrategyCard
 from strategies.phased import PhasedStrategy
 

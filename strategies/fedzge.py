@@ -50,8 +50,6 @@ from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp.wire import fedzge as wire
-from fedapp.wire.common import config_message, pack_arrays
 from fedapp.config import AppConfig, FedZGEConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.evaluate import resolve_device
@@ -76,6 +74,8 @@ from fedapp.task.seeding import (
     derive_seed,
 )
 from fedapp.task.zo import unit_directions
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, pack_arrays
 from strategies.card import StrategyCard
 from strategies.phased import PhasedStrategy
 

@@ -30,6 +30,11 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from torch import Tensor, nn
 
+from fedapp.config import AppConfig
+from fedapp.task.data import load_server_test
+from fedapp.task.evaluate import evaluate, resolve_device
+from fedapp.task.seeding import PURPOSE_AUX_INIT, PURPOSE_INIT, derive_seed
+from fedapp.task.split import back_end_step, build_split, uniform_average
 from fedapp.wire import split as wire
 from fedapp.wire.common import (
     STEP_FLOPS,
@@ -38,11 +43,6 @@ from fedapp.wire.common import (
     UPLOADS,
     pack_arrays,
 )
-from fedapp.config import AppConfig
-from fedapp.task.data import load_server_test
-from fedapp.task.evaluate import evaluate, resolve_device
-from fedapp.task.seeding import PURPOSE_AUX_INIT, PURPOSE_INIT, derive_seed
-from fedapp.task.split import back_end_step, build_split, uniform_average
 from strategies.card import StrategyCard
 from strategies.phased import PhasedStrategy
 

@@ -46,14 +46,14 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedapp.wire import zo_seed as wire
-from fedapp.wire.common import pack_arrays
 from fedapp.config import AppConfig
 from fedapp.task import zo
 from fedapp.task.data import load_server_test
 from fedapp.task.models import ImageSpec, SplitModel, build_model
 from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_ZO_STEP, derive_seed
+from fedapp.wire import zo_seed as wire
+from fedapp.wire.common import pack_arrays
 from strategies.card import StrategyCard
 from strategies.fedavg import FedAvgRounds, common_kwargs
 

@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "fedapp.client_app": {"clients.handlers", "flwr.app", "flwr.clientapp"},
     "fedapp.harness": {"fedapp.client_app", "fedapp.config", "fedapp.results",
                        "fedapp.server_app", "fedapp.task", "flwr.app", "flwr.serverapp",
-                       "flwr.supercore.task_identity"},
+                       "flwr.supercore.task_identity"},  # the one Flower internal
     "strategies": {"fedapp.config", "fedapp.ledger", "fedapp.task", "fedapp.wire", "strategies",
                    "flwr.app", "flwr.serverapp", "flwr.common"},
     "clients": {"fedapp.config", "fedapp.task", "clients"},

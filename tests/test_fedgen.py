@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from clients.base import FitPlan
-from clients.fo import FirstOrderTrainer
 from clients.fedgen import draw_counts, fedgen_loss
-from fedapp.wire import fedgen as fedgen_wire
-from fedapp.wire.common import CLIENT_INFO, INFO_TRAINER, decode_client_info
+from clients.fo import FirstOrderTrainer
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from fedapp.task.data import Arrays
@@ -38,6 +36,8 @@ from fedapp.task.fedgen import (
 )
 from fedapp.task.models import MODELS, ImageSpec, build_model
 from fedapp.task.seeding import torch_generator
+from fedapp.wire import fedgen as fedgen_wire
+from fedapp.wire.common import CLIENT_INFO, INFO_TRAINER, decode_client_info
 from strategies import build_strategy
 
 CPU = torch.device("cpu")
@@ -216,8 +216,8 @@ def fedgen_cfg(run_config: dict) -> dict:
     }
 
 
-def run(cfg: dict, num_nodes: int = 3) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes)
+def run(cfg: dict, num_nodes: int = 3) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 

@@ -1,12 +1,17 @@
-"""FedVTC through the in-process FakeGrid: phases, privacy of classifiers, screening, state."""
+"""FedVTC through the in-process InProcessGrid: phases, privacy of classifiers, screening, state."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
-from test_strategies import run
+from test_fedavg import run
 
+from fedapp.config import load_config
+from fedapp.results import read_rounds
+from fedapp.task.models import ImageSpec
+from fedapp.task.stats import FeatureStats
+from fedapp.task.vtc import VTCDecoder
 from fedapp.wire import fedvtc as wire
 from fedapp.wire.common import (
     CLIENT_INFO,
@@ -17,11 +22,6 @@ from fedapp.wire.common import (
     load_state,
     save_state,
 )
-from fedapp.config import load_config
-from fedapp.results import read_rounds
-from fedapp.task.models import ImageSpec
-from fedapp.task.stats import FeatureStats
-from fedapp.task.vtc import VTCDecoder
 from strategies.fedvtc import FedVTC
 
 torch.set_num_threads(1)  # the shared CI box: one thread is fastest under contention

@@ -1,4 +1,4 @@
-"""FedZGE through the in-process FakeGrid: rounds, wire contract, failures, checkpoints."""
+"""FedZGE through the in-process InProcessGrid: rounds, wire contract, failures, checkpoints."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import FakeGrid
 from flwr.app import Context, Message, RecordDict
 
-from fedapp.wire import fedzge as wire
-from fedapp.wire.common import config_message, load_state, pack_arrays
 from fedapp.client_app import app as client_app
 from fedapp.config import ConfigError, load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from fedapp.task.data import load_server_test
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, load_state, pack_arrays
 from strategies import card_for
 from strategies.fedzge import FedZGE
 
@@ -47,8 +47,8 @@ def small(run_config: dict) -> dict:
     }
 
 
-def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes, **grid_kwargs)
+def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes, **grid_kwargs)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -155,7 +155,7 @@ def test_a_round_without_answers_is_skipped_and_changes_nothing(small: dict) -> 
     cfg = {**small, "num-server-rounds": 1}
     strategy = FedZGE.from_config(load_config(cfg))
     drop = lambda m: m.metadata.message_type == "query.logits"
-    grid = FakeGrid(client_app, cfg, 3, drop=drop)
+    grid = InProcessGrid(client_app, cfg, 3, drop=drop)
     generator = {k: v.clone() for k, v in strategy.generator.state_dict().items()}
     arrays = pack_arrays(strategy.server_model.state_dict())
     out = strategy.run_round(grid, 1, arrays)
@@ -170,7 +170,7 @@ def test_a_round_without_answers_is_skipped_and_changes_nothing(small: dict) -> 
 def test_state_dict_round_trips(small: dict) -> None:
     cfg = load_config({**small, "num-server-rounds": 1})
     a = FedZGE.from_config(cfg)
-    grid = FakeGrid(client_app, {**small, "num-server-rounds": 1}, 3)
+    grid = InProcessGrid(client_app, {**small, "num-server-rounds": 1}, 3)
     a.run_round(grid, 1, pack_arrays(a.server_model.state_dict()))
     b = FedZGE.from_config(cfg)
     b.load_state_dict(a.state_dict())
@@ -181,7 +181,7 @@ def test_state_dict_round_trips(small: dict) -> None:
 
 
 def test_handlers_keep_the_model_private_and_reject_a_distill_without_query(small: dict) -> None:
-    grid = FakeGrid(client_app, small, 1)
+    grid = InProcessGrid(client_app, small, 1)
     ctx = grid.contexts[100]
     local = grid.create_message(config_message(1), "train.local", 100, "1")
     (reply,) = grid.send_and_receive([local])
@@ -193,7 +193,7 @@ def test_handlers_keep_the_model_private_and_reject_a_distill_without_query(smal
 
 
 def test_node_config_model_wins_over_the_run_config_mapping(small: dict) -> None:
-    grid = FakeGrid(client_app, small, 2, node_config=lambda i: {"model": "cnn"} if i == 1 else {})
+    grid = InProcessGrid(client_app, small, 2, node_config=lambda i: {"model": "cnn"} if i == 1 else {})
     messages = [grid.create_message(config_message(1), "train.local", n, "1") for n in (100, 101)]
     assert not any(r.has_error() for r in grid.send_and_receive(messages))
     spec = load_server_test(load_config(small).data, small["seed"])[1]

@@ -1,4 +1,4 @@
-"""HERON-SFL server through the in-process FakeGrid: wire contract, update order, checkpoint."""
+"""HERON-SFL server through the in-process InProcessGrid: wire contract, update order, checkpoint."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from fakes import FakeGrid
 from flwr.app import Array, Context, RecordDict
 
+from fedapp.client_app import app as client_app
+from fedapp.config import load_config
+from fedapp.harness import InProcessGrid
+from fedapp.results import read_rounds
+from fedapp.server_app import main
 from fedapp.wire import split as wire
 from fedapp.wire.common import (
     CONFIG,
@@ -18,10 +22,6 @@ from fedapp.wire.common import (
     ClientInfo,
     TrainMetrics,
 )
-from fedapp.client_app import app as client_app
-from fedapp.config import load_config
-from fedapp.results import read_rounds
-from fedapp.server_app import main
 from strategies.heron import HeronSFL
 
 
@@ -40,8 +40,8 @@ def heron(run_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(cfg: dict[str, Any], num_nodes: int = 3) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes)
+def run(cfg: dict[str, Any], num_nodes: int = 3) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clients.plans import resolve_node
 from clients.base import FitPlan
 from clients.fedvtc import VTCPlan, feature_stats, finetune, train_decoder
 from clients.fo import FirstOrderTrainer
+from clients.plans import resolve_node
 from fedapp.config import NodeConfig, load_config
 from fedapp.task.data import Arrays
 from fedapp.task.models import VTC_ZOO, ImageSpec, build_model

@@ -8,6 +8,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
+from fedapp.task.models import ImageSpec, build_model
 from fedapp.wire import weights
 from fedapp.wire.common import (
     ARRAYS,
@@ -19,7 +20,6 @@ from fedapp.wire.common import (
     pack_arrays,
     unpack_arrays,
 )
-from fedapp.task.models import ImageSpec, build_model
 
 TRAIN = {
     "num-examples": 10,

@@ -1,25 +1,28 @@
-"""Whole server runs through the in-process FakeGrid: screening, accounting, results."""
+"""FedAvg and FedProx: whole server runs in process, and ``aggregate_train`` on crafted replies."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from fakes import FakeGrid
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedapp.wire.common import PROXIMAL_MU, content_bytes
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
+from fedapp.wire import weights
+from fedapp.wire.common import PROXIMAL_MU, ClientInfo, TrainMetrics, content_bytes
 from strategies import STRATEGIES, build_strategy
+from strategies.fedavg import ScreenedFedAvg
 
 
-def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes, **grid_kwargs)
+def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes, **grid_kwargs)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -94,3 +97,59 @@ def test_fedprox_sends_mu_and_clients_use_it(small: dict) -> None:
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert train and all(m.content["config"][PROXIMAL_MU] == 0.5 for m in train)
     assert read_rounds(out)[-1]["accuracy"] > 0.3
+
+
+# ---- aggregate_train called directly with crafted replies (no ServerApp, no clients) ----
+
+
+def _prepare_strategy(run_config: dict) -> tuple[ScreenedFedAvg, ArrayRecord]:
+    """FedAvg over two nodes, configured for round 1 of a two-tensor model."""
+    strategy = build_strategy(load_config(run_config))
+    reference = ArrayRecord({"w": torch.zeros(2), "n": torch.tensor(0)})
+    grid = InProcessGrid(client_app, run_config, num_nodes=2)  # clients are never called
+    sent = list(strategy.configure_train(1, reference, ConfigRecord(), grid))
+    assert len(sent) == 2 and isinstance(strategy, ScreenedFedAvg)
+    return strategy, reference
+
+
+def create_mock_reply(sent: Message, w: list[float], n: int, examples: int) -> Message:
+    metrics = TrainMetrics(examples, 0.5, 1, 1, 1.0, 0.1)
+    info = ClientInfo(sent.metadata.dst_node_id - 100, "fo", "mlp", [examples])
+    content = weights.encode_train_reply({"w": torch.tensor(w), "n": torch.tensor(n)}, metrics, info)
+    return Message(content, reply_to=sent)
+
+
+def test_aggregate_train_weights_by_examples_and_rounds_integer_buffers(run_config: dict) -> None:
+    # Prepare: replies w = (1, 1) from 1 example and w = (3, 3) from 3 examples
+    strategy, reference = _prepare_strategy(run_config)
+    sent = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (100, 101)]
+    replies = [create_mock_reply(sent[0], [1.0, 1.0], 1, 1),
+               create_mock_reply(sent[1], [3.0, 3.0], 2, 3)]
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # Assert: w = (1·1 + 3·3) / 4 = 2.5; n = (1·1 + 3·2) / 4 = 1.75 rounds to 2, int64 again
+    assert arrays is not None and metrics is not None
+    torch.testing.assert_close(arrays["w"].numpy(), np.array([2.5, 2.5], dtype=np.float32))
+    assert arrays["n"].dtype == reference["n"].dtype and int(arrays["n"].numpy()) == 2
+    assert metrics["train-loss"] == pytest.approx(0.5)  # the example-weighted mean
+    assert (strategy.ledger.clients, strategy.ledger.rejected) == (2, 0)
+    assert strategy.label_counts == {0: [1], 1: [3]}
+
+
+def test_aggregate_train_drops_a_nan_reply_and_counts_it(run_config: dict) -> None:
+    strategy, _ = _prepare_strategy(run_config)
+    sent = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (100, 101)]
+    replies = [create_mock_reply(sent[0], [1.0, 1.0], 1, 1),
+               create_mock_reply(sent[1], [float("nan"), 3.0], 2, 3)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    torch.testing.assert_close(arrays["w"].numpy(), np.array([1.0, 1.0], dtype=np.float32))
+    assert (strategy.ledger.clients, strategy.ledger.rejected, strategy.ledger.failed) == (1, 1, 0)
+
+
+def test_aggregate_train_counts_replies_that_never_came(run_config: dict) -> None:
+    strategy, _ = _prepare_strategy(run_config)
+    sent = Message(RecordDict(), dst_node_id=100, message_type="train")
+    arrays, _ = strategy.aggregate_train(1, [create_mock_reply(sent, [2.0, 4.0], 1, 5)])
+    assert arrays is not None and strategy.ledger.failed == 1  # two sent, one answered
+    torch.testing.assert_close(arrays["w"].numpy(), np.array([2.0, 4.0], dtype=np.float32))

@@ -1,15 +1,18 @@
-"""An in-process Grid that routes Messages straight into a ClientApp (tests and benchmarks).
+"""The in-process harness: a Grid that routes Messages straight into the ClientApp.
 
-The one place that touches Flower internals (``TaskIdentity``), because a
-``Message`` cannot be built outside a runtime without it (PLATFORM.md §2).
-Running the real ServerApp ``main`` on this Grid exercises the whole app (config,
-strategy, screening, results) without Ray or network, one client at a time; the
-benchmarks use it for many-seed comparisons and ``tests/fakes.py`` re-exports it.
+Tests and benchmarks both run federations with it; neither owns it. Running the
+real ServerApp ``main`` on :class:`InProcessGrid` exercises the whole app (config,
+strategy card, screening, recorder, results) without Ray or network, one client
+at a time; every message and reply is recorded for tests to assert wire contracts.
+It stands where Flower's runtime stands, above the two entry points, and imports
+nothing else from the app's top: not ``strategies``, not ``clients``.
 
-:func:`default_run_config`, :func:`run_server_app` and :func:`run_federation` are
-the benchmarks' entry points: one federated run in this process through the same
-strategy, :class:`fedapp.server_app.RoundRecorder` and ``metrics.jsonl`` as
-``flwr run``.
+It is the one module that touches a Flower internal (``TaskIdentity``), because a
+``Message`` cannot be built outside a runtime without it; the app never imports it.
+
+:func:`default_run_config`, :func:`run_server_app` and :func:`run_federation` run
+one federation in this process through the same strategy, recorder and
+``metrics.jsonl`` as ``flwr run``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from bench.flwr_cli import ROOT
+#: The repository root (pyproject.toml holds every run-config default).
+ROOT = Path(__file__).resolve().parents[1]
 
 TaskIdentity.run_id = 1
 TaskIdentity.node_id = 0

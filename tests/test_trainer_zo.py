@@ -11,11 +11,11 @@ from dataclasses import fields
 import pytest
 import torch
 from conftest import ROOT
-from test_clients import plan, toy_data
+from test_trainer_fo import plan, toy_data
 from torch import Tensor
 
-from clients.plans import mixed_trainer, resolve_node
 from clients.base import FitPlan, cross_entropy_loss
+from clients.plans import mixed_trainer, resolve_node
 from clients.zo import ZerothOrderTrainer, ZOPlan, float64_cross_entropy
 from fedapp.config import ConfigError, load_config, load_node_config
 from fedapp.task import zo
