@@ -1,7 +1,8 @@
 """FedVTC benchmark: local-only vs FedVTC vs homogeneous FedGen and FedAvg references.
 
 FedVTC here is **our reading of the paper** (Niu, Dong, Qin, arXiv 2508.01669;
-SPEC §5.2). Side by side, on the same partitions, seeds and local schedule:
+docs/strategies/fedvtc.md (Our reading of the paper)). Side by side, on the same partitions,
+seeds and local schedule:
 
 - ``local-only``: every client trains its own classifier (zoo model, round-robin)
   for R local passes with FedVTC's step-1 optimiser and no KL term; no traffic.

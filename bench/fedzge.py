@@ -79,7 +79,8 @@ def base_config(args: argparse.Namespace, alpha: float, seed: int, out: Path) ->
         "seed": seed,
         "num-server-rounds": args.rounds,
         "data.alpha": alpha,
-        "data.min-partition-size": 0,  # SPEC §7.1: FedZGE's plain Dirichlet split
+        # FedZGE's plain Dirichlet split: docs/evaluation.md (Dirichlet partition)
+        "data.min-partition-size": 0,
         "server.fraction-evaluate": 0.0,
     }
 

@@ -1,15 +1,14 @@
 """HERON-SFL vs CSE-FSL vs FedAvg-FO: client cost per local step, bytes per round, accuracy.
 
-Paper: Kou, Chen, Yang, Shen, arXiv 2601.09076 (v1), Table II (SPEC §4.3): on
-ResNet-18 / CIFAR-10 (B = 256) the HERON-SFL client needs 259.44 MB and
-39.90 GFLOPs per local update against CSE-FSL's 726.46 MB and 59.85 GFLOPs
-(-64 % / -33 %), at "nearly identical" accuracy.
+Paper: Kou, Chen, Yang, Shen, arXiv 2601.09076 (v1), Table II (docs/strategies/heron-sfl.md
+(Settings and reference numbers)): on ResNet-18 / CIFAR-10 (B = 256) the HERON-SFL client needs
+259.44 MB and 39.90 GFLOPs per local update against CSE-FSL's 726.46 MB and 59.85 GFLOPs (-64 %
+/ -33 %), at "nearly identical" accuracy.
 
-``costs``: ``resnet18-imagenet`` cut after the paper's stem (SPEC §4.4), 32x32
-RGB inputs, batch 256 and 64. Every (method, batch, repeat) runs in a fresh
-subprocess with one torch thread; the client trainer measures its second local
-step (after a warm-up step) with :func:`fedapp.task.metering.step_cost`, the
-same call for all three:
+``costs``: ``resnet18-imagenet`` cut after the paper's stem (docs/strategies/heron-sfl.md
+(Hyperparameters)), 32x32 RGB inputs, batch 256 and 64. Every (method, batch, repeat) runs in a
+fresh subprocess with one torch thread; the client trainer measures its second local step (after
+a warm-up step) with :func:`fedapp.task.metering.step_cost`, the same call for all three:
 
 - ``heron``: ``split-zo`` on front + aux (forward difference, sphere, P = 1, Adam);
 - ``cse-fsl``: ``split-fo`` on front + aux (backprop, Adam);

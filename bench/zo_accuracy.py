@@ -8,7 +8,8 @@ the global test set (1000 images) after every round.
 
 - FO: FedAvg, SGD lr 0.05 momentum 0.9 (the defaults).
 - ZO: ``zo-seed`` (scalars only), central estimator, Gaussian, P = 1, μ = 1e-3,
-  lr from a short sweep (``sweep``, recorded for the ``zo.lr`` default, SPEC Q7).
+  lr from a short sweep (``sweep``, recorded for the ``zo.lr`` default,
+  decision Q7, docs/strategies/zo-seed.md).
 - (a) ``finetune``: pre-train first-order on a small part of the data (one IID
   tenth of the training pool, 3 epochs, centrally), then fine-tune
   federatedly with ZO (``zo-seed``) vs FO (FedAvg) vs mixed 50/50, same rounds.

@@ -6,7 +6,7 @@ evaluation off (train traffic only), 3 rounds. Bytes come from the strategy's
 ledger (``bytes-up``/``bytes-down`` of ``metrics.jsonl``: the records actually
 sent and received, array data plus scalars and keys), divided by the clients
 of the round; the steady-state rounds 2..R give the median. The analytic
-payloads of SPEC §6.4 sit next to them.
+payloads of docs/strategies/zo-seed.md (Global model, catch-up, consistency) sit next to them.
 
 Usage::
 

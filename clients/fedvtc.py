@@ -1,8 +1,8 @@
 """FedVTC client side on tensors: classifier, statistics, decoder, synthetic fine-tuning.
 
-Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated
-Clients Using Generative Models", ICLR 2026, arXiv 2508.01669. No official code
-exists; this is **our reading of the paper** (SPEC §5.2). Per round a client
+Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated Clients Using
+Generative Models", ICLR 2026, arXiv 2508.01669. No official code exists; this is **our reading
+of the paper** (docs/strategies/fedvtc.md (Our reading of the paper)). Per round a client
 
 1. trains its own classifier f_k = h_k ∘ g_k on real data with
    ``CE + λ_KL·KL(N(g_k(x), σ_y²) ‖ N(c^y, σ_y²))`` against last round's global

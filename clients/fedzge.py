@@ -1,10 +1,11 @@
 """FedZGE's client: a private persistent model, black-box logit answers, local KD.
 
-Paper: Ma, Wang, Zhang, AAAI 2025, arXiv 2503.06028; official ``client.py`` (SPEC §3.2).
-The model's weights never leave the node: the ClientApp keeps them in the node's
-context state, and the only things a client sends are its example count, logits
-of the server's synthetic images and scalar metrics. Each node may run its own
-architecture (``model.clients`` or node-config ``model``). Tensors in, tensors out: no Flower here.
+Paper: Ma, Wang, Zhang, AAAI 2025, arXiv 2503.06028; official ``client.py``
+(docs/strategies/fedzge.md (Round structure and wire)). The model's weights never leave the
+node: the ClientApp keeps them in the node's context state, and the only things a client sends
+are its example count, logits of the server's synthetic images and scalar metrics. Each node may
+run its own architecture (``model.clients`` or node-config ``model``). Tensors in, tensors out:
+no Flower here.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def query_answer(
     """Logits (1+q, N, C) of x and its q perturbed copies, as float32 on the CPU.
 
     ``perturbed`` (q, N, *x) when the server sent the batches (``tensor``), else the
-    copies are rebuilt from ``seed`` (``seed`` transport, SPEC §3.6 Z3).
+    copies are rebuilt from ``seed`` (``seed`` transport, decision Z3, docs/strategies/fedzge.md).
     """
     queries = perturbed if perturbed is not None else seeded_queries(x, num_directions, seed, eps)
     model.to(device)
@@ -65,7 +66,10 @@ def distill_private(
     lr: float,
     device: torch.device,
 ) -> float:
-    """E3 full-batch KD steps on (x, ℓ̄(x)) with a fresh Adam(lr_k) (SPEC §3.2 step 7)."""
+    """E3 full-batch KD steps on (x, ℓ̄(x)) with a fresh Adam(lr_k).
+
+    Step 7 of docs/strategies/fedzge.md (Round structure and wire).
+    """
     model.to(device)
     return distill(model, x.to(device), soft_labels.to(device), temperature, steps, lr)
 

@@ -8,12 +8,12 @@ graph is ever built: every forward runs under ``torch.inference_mode`` and no
 parameter ever gets a ``.grad`` buffer, so memory stays at inference level
 (plus one parameter copy with ``zo.exact-restore``, ``zo.momentum`` or FedProx).
 
-SPEC §1 and §6.2: ``central`` (2P forwards) or ``forward`` (P+1 forwards)
-two-point estimator, ``gaussian`` or ``sphere`` directions, P directions per
-step, smoothing μ, ZO-SGD with optional momentum and weight decay (not on biases
-and norms). BatchNorm: every forward of one estimate uses batch statistics of
-the same minibatch; only the first (``central``) or clean (``forward``) forward
-moves the running statistics (:func:`fedapp.task.zo.frozen_bn_stats`).
+docs/zeroth-order.md and docs/strategies/zo-seed.md (Client step): ``central`` (2P forwards) or
+``forward`` (P+1 forwards) two-point estimator, ``gaussian`` or ``sphere`` directions, P
+directions per step, smoothing μ, ZO-SGD with optional momentum and weight decay (not on biases
+and norms). BatchNorm: every forward of one estimate uses batch statistics of the same
+minibatch; only the first (``central``) or clean (``forward``) forward moves the running
+statistics (:func:`fedapp.task.zo.frozen_bn_stats`).
 
 Every step is recorded as a :class:`fedapp.task.zo.ZOStep` (seeds and
 projected-gradient scalars), which is all the ``zo-seed`` strategy uploads.
@@ -53,7 +53,9 @@ class ZOPlan(FitPlan):
 
 
 def float64_cross_entropy(model: SplitModel, x: Tensor, y: Tensor) -> Tensor:
-    """Mean CE with the log-softmax and the batch reduction in float64 (SPEC §1.3).
+    """Mean CE with the log-softmax and the batch reduction in float64.
+
+    docs/zeroth-order.md (Consistency inside one estimate).
 
     Loss differences of a two-point estimate are tiny; reducing in float32 would
     bury them in rounding noise.

@@ -2,13 +2,13 @@
 
 Paper: Zhu, Hong, Zhou, "Data-Free Knowledge Distillation for Heterogeneous
 Federated Learning", ICML 2021, arXiv 2105.10056; official code
-zhuangdizhu/FedGen (``serverpFedGen.py``). SPEC §2.
+zhuangdizhu/FedGen (``serverpFedGen.py``). docs/strategies/fedgen.md.
 
-Each round (SPEC §2.2): sample clients; send the global model, and from round 2
-on the generator G_w, alpha_t, beta_t and the available labels; clients train
-with the regulariser; the server trains G_w on the *fresh* client heads of the
-screened replies (label-weighted teacher loss + diversity loss, optional
-adversarial student term), then averages the models as FedAvg does.
+Each round (docs/strategies/fedgen.md (Round structure and wire)): sample clients; send the
+global model, and from round 2 on the generator G_w, alpha_t, beta_t and the available labels;
+clients train with the regulariser; the server trains G_w on the *fresh* client heads of the
+screened replies (label-weighted teacher loss + diversity loss, optional adversarial student
+term), then averages the models as FedAvg does.
 
 Client contract (``train``): when the message carries ``generator``, minimise
 CE + (B_gen/B) alpha_t CE(h(G(eps, y_hat)), y_hat) + beta_t KL(softmax(h(G(eps, y)))
@@ -89,7 +89,7 @@ class FedGenAvg(FedAvg):
             self.optimizer, gamma=fedgen.generator_lr_decay
         )
         self.generator_rounds = 0  # rounds in which G_w was trained
-        self.seen_labels: set[int] = set()  # G6: labels some client has reported
+        self.seen_labels: set[int] = set()  # decision G6: labels some client reported
         self.last_losses: GeneratorLosses | None = None
         self._global: ArrayRecord | None = None
 
@@ -125,7 +125,10 @@ class FedGenAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
     def _train_generator(self, server_round: int, replies: list[Message]) -> None:
-        """G_w <- 50 Adam steps on the fresh heads (SPEC §2.3), then one lr decay."""
+        """G_w <- 50 Adam steps on the fresh heads, then one lr decay.
+
+        docs/strategies/fedgen.md (Generator objective).
+        """
         states, counts = [], []
         for msg in replies:
             info = decode_client_info(msg.content)

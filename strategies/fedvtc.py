@@ -1,17 +1,18 @@
 """FedVTC strategy: model-heterogeneous FL through shared feature statistics.
 
-Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated
-Clients Using Generative Models", ICLR 2026, arXiv 2508.01669 (v1: "Boosting
-Generalization Performance in Model-Heterogeneous FL Using Variational
-Transposed Convolution"). No official code exists; this is **our reading of
-the paper** (SPEC §5.2). Classifier weights never leave a node. Where the paper
-is open, our choice is a ``fedvtc.*`` key: decoder aggregation (``share-decoder``,
-V2), fine-tuning schedule and real-data mixing (``finetune``, ``mix-real``, V4),
-dispersion (``cov = diag``, V5), distribution matching (``dm``, V6).
+Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated Clients Using
+Generative Models", ICLR 2026, arXiv 2508.01669 (v1: "Boosting Generalization Performance in
+Model-Heterogeneous FL Using Variational Transposed Convolution"). No official code exists; this
+is **our reading of the paper** (docs/strategies/fedvtc.md (Our reading of the paper)).
+Classifier weights never leave a node. Where the paper is open, our choice is a ``fedvtc.*``
+key, with its decision code in docs/strategies/fedvtc.md (Project decisions): decoder
+aggregation (``share-decoder``, decision V2), fine-tuning schedule and real-data mixing
+(``finetune``, ``mix-real``, decision V4), dispersion (``cov = diag``, decision V5),
+distribution matching (``dm``, decision V6).
 
-There is no global model: the headline metric is the mean over clients of
-their own classifier's accuracy on the global test set (SPEC §7.2), reported
-in ``ledger.extra`` as ``accuracy`` (its card says ``global_model=False``).
+There is no global model: the headline metric is the mean over clients of their own classifier's
+accuracy on the global test set (docs/evaluation.md (Test sets and seeds)), reported in
+``ledger.extra`` as ``accuracy`` (its card says ``global_model=False``).
 
 Client contract
 ---------------
@@ -71,7 +72,7 @@ class FedVTC(PhasedStrategy):
     decoder : ArrayRecord or None
         ψ_0 when the decoder is shared (``fedvtc.share-decoder``), else ``None``.
     finetune : str
-        ``every_round`` or ``final_only`` (decision V4).
+        ``every_round`` or ``final_only`` (decision V4, docs/strategies/fedvtc.md).
     num_rounds : int
         R, for ``final_only``.
     """
@@ -121,7 +122,8 @@ class FedVTC(PhasedStrategy):
         self.ledger.clients = len(stats)
         if stats:
             self.global_stats = pool_stats(list(stats.values()))  # step 3
-        if server_round > 1 and stats:  # the first round runs steps 1-3 only (SPEC §5.2)
+        # the first round runs steps 1-3 only: docs/strategies/fedvtc.md (Our reading of the paper)
+        if server_round > 1 and stats:
             trained = self._train_decoders(grid, server_round, list(stats))  # step 4
             if self.finetune == "every_round" or server_round == self.num_rounds:
                 self._finetune(grid, server_round, trained)  # step 5

@@ -2,7 +2,7 @@
 
 Paper: Ma, Wang, Zhang, "Data-Free Black-Box Federated Learning via Zeroth-Order
 Gradient Estimation", AAAI 2025, arXiv 2503.06028; official code
-maxinge8698/FedZGE @ 2075064 (``main.py``, ``server.py``, ``client.py``). SPEC §3.
+maxinge8698/FedZGE @ 2075064 (``main.py``, ``server.py``, ``client.py``). docs/strategies/fedzge.md.
 
 Client weights never leave a node, and nodes may run different architectures
 (the global model, ``model.name``, may differ from all of them). Each round:
@@ -10,8 +10,9 @@ Client weights never leave a node, and nodes may run different architectures
 1. ``train.local``: clients train their private persistent model (E1 epochs).
 2. synthesis: the server draws N (z, y) and computes x = G(z, y), keeping the graph.
 3. ``query.logits``: clients return the logits of x and of x_j = x + ε·u_j, j = 1..q.
-   ``seed`` transport (default, SPEC §3.6 Z3) sends x once plus a seed from which
-   clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches (official).
+   ``seed`` transport (default, decision Z3, docs/strategies/fedzge.md) sends x once plus a seed
+   from which clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches
+   (official).
 4. generator: L_G at x and every x_j from the data-size-weighted ensemble ℓ̄, the ZO
    estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step.
 5. server KD: E2 full-batch steps of the global model towards ℓ̄(x), temperature T.
@@ -92,7 +93,7 @@ class Synthetic:
 
 
 class FedZGE(PhasedStrategy):
-    """Data-free black-box FL: ZO-trained server generator, KD both ways (SPEC §3)."""
+    """Data-free black-box FL: ZO-trained generator, KD both ways (docs/strategies/fedzge.md)."""
 
     def __init__(
         self, cfg: FedZGEConfig, spec: ImageSpec, server_model: SplitModel, seed: int,

@@ -1,11 +1,11 @@
 """HERON-SFL: split federated learning with zeroth-order clients and a first-order server.
 
-Paper: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth- and
-First-Order Split Federated Learning", arXiv 2601.09076 (v1), §IV (SPEC §4).
-No public code exists; this follows the paper's round structure, with the
-project decisions H1-H10 of SPEC §4.5 as ``heron.*`` config keys. With the
-``split-fo`` trainer the same server runs CSE-FSL (Mu and Shen, ICC 2023), the
-paper's first-order baseline: identical wire and update order, FO client steps.
+Paper: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth- and First-Order Split
+Federated Learning", arXiv 2601.09076 (v1), §IV (docs/strategies/heron-sfl.md). No public code
+exists; this follows the paper's round structure, with the project decisions H1-H10 of
+docs/strategies/heron-sfl.md (Project decisions) as ``heron.*`` config keys. With the
+``split-fo`` trainer the same server runs CSE-FSL (Mu and Shen, ICC 2023), the paper's
+first-order baseline: identical wire and update order, FO client steps.
 
 The model is cut into a client front-end θ_c, a client auxiliary head θ_a and a
 server back-end θ_s (:mod:`fedapp.task.split`). Inference is θ_c + θ_s; the aux
@@ -62,8 +62,8 @@ class HeronSFL(PhasedStrategy):
     sends gradients, activations or θ_s.
 
     Each round: sample, local split phase, back-end training client by client
-    in partition-id order (one Adam step per uploaded batch, H9), uniform
-    average of θ_c and θ_a (H10 evaluation uses θ_c + θ_s).
+    in partition-id order (one Adam step per uploaded batch, decision H9), uniform
+    average of θ_c and θ_a (decision H10: evaluation uses θ_c + θ_s).
     """
 
     def __init__(self, cfg: AppConfig) -> None:
@@ -121,7 +121,10 @@ class HeronSFL(PhasedStrategy):
         return sorted(replies, key=lambda up: up.info.partition_id)
 
     def _train_back_end(self, replies: list[wire.SplitUp]) -> None:
-        """Step 3: θ_s ← θ_s − η_s ∇ℓ(s(c_i(ξ); θ_s), y), one step per uploaded batch (H9)."""
+        """Step 3: θ_s ← θ_s − η_s ∇ℓ(s(c_i(ξ); θ_s), y), one step per uploaded batch.
+
+        Decision H9, docs/strategies/heron-sfl.md.
+        """
         losses = []
         for up in replies:
             for acts, labels in up.batches:
@@ -165,7 +168,7 @@ class HeronSFL(PhasedStrategy):
         self.ledger.extra["client-bytes-down"] = self.ledger.bytes_down / self.ledger.sampled
 
     def _evaluate_aux(self) -> None:
-        """H10: the aux head's test accuracy (θ_c + θ_a), logged next to θ_c + θ_s's."""
+        """Decision H10: the aux head's test accuracy (θ_c + θ_a), logged next to θ_c + θ_s's."""
         local = nn.Sequential(self.parts.front, self.parts.aux)
         result = evaluate(local, self.test, self.cfg.server.eval_batch_size, self.device)
         self.ledger.extra["aux-acc"] = result.accuracy

@@ -2,7 +2,7 @@
 
 FedKSeed (Qin et al., ICML 2024, arXiv 2312.06353) and DeComFL (Li et al.,
 ICLR 2025, arXiv 2405.15861), on MeZO's seeded in-place perturbations
-(Malladi et al., NeurIPS 2023, arXiv 2305.17333). SPEC §6.
+(Malladi et al., NeurIPS 2023, arXiv 2305.17333). docs/strategies/zo-seed.md.
 
 Round t:
 

@@ -98,7 +98,8 @@ def test_perturb_then_restore_is_bit_identical_with_exact_restore() -> None:
 
 
 def test_in_place_restore_is_close_but_not_claimed_exact() -> None:
-    # MeZO's in-place θ+μz−2μz+μz rounds (SPEC §1.2); the drift stays at float32 round-off.
+    # MeZO's in-place θ+μz−2μz+μz rounds (docs/zeroth-order.md (Seeded in-place perturbation));
+    # the drift stays at float32 round-off.
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
     trained, replica = build_model("fedgen-cnn", spec, seed=3), build_model("fedgen-cnn", spec, seed=3)
     stats = ZerothOrderTrainer().fit(trained, data, zo_plan(local_steps=10), CPU)
@@ -116,7 +117,8 @@ def test_batchnorm_running_statistics_move_once_per_step() -> None:
 
 
 def test_projected_gradient_is_far_above_float32_noise() -> None:
-    # SPEC §1.3: at the default mu the loss difference must dwarf the round-off of a restore.
+    # docs/zeroth-order.md (Consistency inside one estimate): at the default mu the loss
+    # difference must dwarf the round-off of a restore.
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
     model = build_model("fedgen-cnn", spec, seed=0).eval()
     x = torch.from_numpy(data.x[:32]).float() / 255
