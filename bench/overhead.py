@@ -9,7 +9,7 @@ its per-round time is the ``wall-s`` column of ``metrics.jsonl``. Round 1 holds
 Ray's actor start-up and is reported apart; the steady-state rounds 2..R give
 the median. The plain loop runs the clients one after another in one process
 with ``torch.set_num_threads(threads)``. A third column runs our ServerApp and
-ClientApp code in one process (:func:`bench.inprocess.run_server_app`: the same
+ClientApp code in one process (:func:`fedapp.harness.run_server_app`: the same
 messages, screening, checkpoints and results files, no Ray and no SuperLink), to
 tell the app's own cost from the simulation runtime's.
 
@@ -32,14 +32,15 @@ import numpy as np
 import torch
 
 from bench.flwr_cli import ROOT, FlwrCli
-from bench.inprocess import default_run_config, run_server_app
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
 from fedapp.config import AppConfig, load_config
+from fedapp.harness import default_run_config, run_server_app
 from fedapp.results import atomic_write_json, read_rounds
 from fedapp.task.data import load_client_data, load_server_test
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_DATA_ORDER, PURPOSE_INIT, derive_seed
 
 
@@ -59,7 +60,7 @@ def plain_rounds(cfg: AppConfig, num_clients: int, rounds: int, threads: int) ->
             local = build_model(cfg.model.name, spec)
             local.load_state_dict(global_state)
             c = cfg.client
-            plan = FitPlan(rnd, c.lr * c.lr_decay ** (rnd - 1), c.local_epochs, c.local_steps,
+            plan = FitPlan(rnd, round_lr(c.lr, c.lr_decay, rnd), c.local_epochs, c.local_steps,
                            c.batch_size, c.optimizer, c.momentum, c.weight_decay, 0.0,
                            derive_seed(cfg.seed, PURPOSE_DATA_ORDER, rnd, pid))
             stats = FirstOrderTrainer().fit(local, data.train, plan, device)

@@ -1,6 +1,6 @@
 """Accuracy of zeroth-order federations: ZO fine-tuning, ZO from scratch, mixed FO/ZO.
 
-In-process federations (:mod:`bench.inprocess`, the real strategies, ClientApp and
+In-process federations (:mod:`fedapp.harness`, the real strategies, ClientApp and
 RoundRecorder): the offline MNIST subset (4000 training images after the 20 %
 global test split), 10 clients on Dirichlet(0.5), 5 sampled per round, FedGen's
 MNIST CNN, 20 local steps of batch 32 per round for every trainer, accuracy on
@@ -8,7 +8,8 @@ the global test set (1000 images) after every round.
 
 - FO: FedAvg, SGD lr 0.05 momentum 0.9 (the defaults).
 - ZO: ``zo-seed`` (scalars only), central estimator, Gaussian, P = 1, μ = 1e-3,
-  lr from a short sweep (``sweep``, recorded for the ``zo.lr`` default, SPEC Q7).
+  lr from a short sweep (``sweep``, recorded for the ``zo.lr`` default,
+  decision Q7, docs/strategies/zo-seed.md).
 - (a) ``finetune``: pre-train first-order on a small part of the data (one IID
   tenth of the training pool, 3 epochs, centrally), then fine-tune
   federatedly with ZO (``zo-seed``) vs FO (FedAvg) vs mixed 50/50, same rounds.
@@ -37,10 +38,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench.flwr_cli import ROOT  # noqa: E402
-from bench.inprocess import default_run_config, run_federation  # noqa: E402
 from clients.base import FitPlan  # noqa: E402
 from clients.fo import FirstOrderTrainer  # noqa: E402
 from fedapp.config import load_config  # noqa: E402
+from fedapp.harness import default_run_config, run_federation  # noqa: E402
 from fedapp.task.data import load_client_data, load_server_test  # noqa: E402
 from fedapp.task.evaluate import evaluate  # noqa: E402
 from fedapp.task.models import build_model  # noqa: E402

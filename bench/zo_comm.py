@@ -1,12 +1,12 @@
 """Communication per client per round: FedAvg (weights) vs zo-seed (seeds and scalars).
 
-In-process federations (:mod:`bench.inprocess`): 10 clients, Dirichlet(0.5) over
+In-process federations (:mod:`fedapp.harness`): 10 clients, Dirichlet(0.5) over
 the offline MNIST subset, FedGen's MNIST CNN, 20 local steps, client-side
 evaluation off (train traffic only), 3 rounds. Bytes come from the strategy's
 ledger (``bytes-up``/``bytes-down`` of ``metrics.jsonl``: the records actually
 sent and received, array data plus scalars and keys), divided by the clients
 of the round; the steady-state rounds 2..R give the median. The analytic
-payloads of SPEC §6.4 sit next to them.
+payloads of docs/strategies/zo-seed.md (Global model, catch-up, consistency) sit next to them.
 
 Usage::
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench.flwr_cli import ROOT
-from bench.inprocess import run_federation
+from fedapp.harness import run_federation
 
 STEPS = 20
 COMMON = {"num-server-rounds": 3, "server.fraction-evaluate": 0.0, "client.local-steps": STEPS,

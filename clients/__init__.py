@@ -1,83 +1,54 @@
-"""Client-side trainers, chosen per node through the :data:`TRAINERS` registry."""
+"""The client side: trainers, chosen per node through the one :data:`TRAINERS` registry.
+
+Each trainer is registered once with what it can train: a whole model
+(:class:`~clients.base.Trainer`, for the weights, zo-seed, FedZGE and FedVTC
+protocols) or the client parts of a split model (:class:`~clients.split.SplitTrainer`,
+for HERON-SFL / CSE-FSL). Protocol handlers (:mod:`clients.handlers`) ask for the
+kind they need and get a one-line error naming the trainer otherwise. Nothing in
+this package outside :mod:`clients.handlers` imports Flower.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from clients.base import FitPlan, FitStats, NodeSpec, Trainer
+from clients.base import Trainer
 from clients.fo import FirstOrderTrainer
-from clients.split import (
-    SplitFirstOrderTrainer,
-    SplitPlan,
-    SplitResult,
-    SplitTrainer,
-    SplitZerothOrderTrainer,
-)
-from clients.zo import ZerothOrderTrainer, ZOPlan, zo_plan
-from fedapp.config import AppConfig, NodeConfig
-from fedapp.task.evaluate import resolve_device
+from clients.split import SplitFirstOrderTrainer, SplitTrainer, SplitZerothOrderTrainer
+from clients.zo import ZerothOrderTrainer
 
-TRAINERS: dict[str, type[Trainer] | type[SplitTrainer]] = {
-    "fo": FirstOrderTrainer,
-    "zo": ZerothOrderTrainer,
-    "split-zo": SplitZerothOrderTrainer,
-    "split-fo": SplitFirstOrderTrainer,
-}
 
-#: Trainers whose plan extends the FO-shaped :class:`FitPlan`: (plan, cfg, partition id) -> plan.
-PLANS: dict[str, Callable[[FitPlan, AppConfig, int], FitPlan]] = {
-    "zo": zo_plan,
+@dataclass(frozen=True, slots=True)
+class TrainerCard:
+    """A registered trainer: how to build it for a whole model, for split parts, or both."""
+
+    whole: Callable[[], Trainer] | None = None
+    split: Callable[[], SplitTrainer] | None = None
+
+
+TRAINERS: dict[str, TrainerCard] = {
+    "fo": TrainerCard(whole=FirstOrderTrainer),
+    "zo": TrainerCard(whole=ZerothOrderTrainer),
+    "split-zo": TrainerCard(split=SplitZerothOrderTrainer),
+    "split-fo": TrainerCard(split=SplitFirstOrderTrainer),
 }
 
 
-def mixed_trainer(partition_id: int, num_partitions: int, zo_fraction: float) -> str:
-    """``client.trainer = "mixed"``: the lowest ``round(zo_fraction * n)`` partition ids run ``zo``."""
-    return "zo" if partition_id < round(zo_fraction * num_partitions) else "fo"
+def whole_trainer(name: str, protocol: str) -> Trainer:
+    """The trainer registered as ``name``, for ``protocol``'s whole-model updates."""
+    card = TRAINERS[name]
+    if card.whole is None:
+        raise ValueError(f"trainer {name!r} does not train a whole model ({protocol} needs one)")
+    return card.whole()
 
 
 def split_trainer(name: str) -> SplitTrainer:
     """The split trainer registered as ``name`` (``split-zo``, ``split-fo``)."""
-    trainer = TRAINERS[name]()
-    if not hasattr(trainer, "fit_split"):
+    card = TRAINERS[name]
+    if card.split is None:
         raise ValueError(f"trainer {name!r} does not train split models (train.split)")
-    return trainer  # type: ignore[return-value]
+    return card.split()
 
 
-def resolve_node(node: NodeConfig, cfg: AppConfig) -> NodeSpec:
-    """Node-config wins over run config for trainer, model, device and data."""
-    trainer = node.trainer or cfg.client.trainer
-    if trainer == "mixed":
-        trainer = mixed_trainer(node.partition_id, node.num_partitions, cfg.client.zo_fraction)
-    return NodeSpec(
-        partition_id=node.partition_id,
-        num_partitions=node.num_partitions,
-        trainer=trainer,
-        model=node.model or cfg.model.for_partition(node.partition_id),
-        device=resolve_device(node.device or cfg.client.device),
-        data_path=node.data_path or None,
-    )
-
-
-def plan_for(plan: FitPlan, cfg: AppConfig, node: NodeSpec) -> FitPlan:
-    """The plan this node's trainer needs (``zo`` extends the base plan with ``zo.*``)."""
-    build = PLANS.get(node.trainer)
-    return build(plan, cfg, node.partition_id) if build else plan
-
-
-__all__ = [
-    "PLANS",
-    "TRAINERS",
-    "FitPlan",
-    "FitStats",
-    "NodeSpec",
-    "Trainer",
-    "ZOPlan",
-    "ZerothOrderTrainer",
-    "mixed_trainer",
-    "plan_for",
-    "resolve_node",
-    "SplitPlan",
-    "SplitResult",
-    "SplitTrainer",
-    "split_trainer",
-]
+__all__ = ["TRAINERS", "TrainerCard", "split_trainer", "whole_trainer"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from fedapp.task.data import Arrays, batches
 from fedapp.task.metering import Meter
 from fedapp.task.models import SplitModel
 from fedapp.task.seeding import torch_generator
+from fedapp.task.zo import ZOStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class FitPlan:
     weight_decay: float
     proximal_mu: float  # FedProx: add mu/2 * ||w - w_global||^2 (0 disables)
     data_seed: int  # order of minibatches
+    max_grad_norm: float = 0.0  # first-order: clip the gradient norm (FedVTC); 0 disables
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # within the update (FedZGE: cosine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class FitStats:
     backward_passes: int
     peak_mem_mb: float
     seconds: float
+    zo_steps: tuple[ZOStep, ...] = ()  # zeroth-order: the (seeds, scalars) of every step
 
 
 #: One minibatch step: (x (B, C, H, W), y (B,)) -> the minibatch loss before the update.
@@ -77,7 +81,7 @@ def cross_entropy_loss(model: SplitModel, x: Tensor, y: Tensor) -> Tensor:
 
 
 class Trainer(Protocol):
-    """A local-update rule; registered in :data:`clients.TRAINERS`."""
+    """A local-update rule on a whole model; registered in :data:`clients.TRAINERS`."""
 
     def fit(
         self,

@@ -1,9 +1,9 @@
 """Split trainers: the client side of HERON-SFL (``split-zo``) and CSE-FSL (``split-fo``).
 
-HERON-SFL: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth-
-and First-Order Split Federated Learning", arXiv 2601.09076 (v1), §IV (SPEC §4).
-CSE-FSL: Mu and Shen, "Communication and Storage Efficient Federated Split
-Learning" (ICC 2023); the FO baseline of the paper (srijith1996/FSL-SAGE).
+HERON-SFL: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth- and First-Order
+Split Federated Learning", arXiv 2601.09076 (v1), §IV (docs/strategies/heron-sfl.md). CSE-FSL:
+Mu and Shen, "Communication and Storage Efficient Federated Split Learning" (ICC 2023); the FO
+baseline of the paper (srijith1996/FSL-SAGE).
 
 Both trainers take the client's front-end θ_c and auxiliary head θ_a, run h local
 steps on the auxiliary loss f_l = CE(a(c(x; θ_c); θ_a), y) and, every k steps
@@ -50,7 +50,10 @@ LocalLossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def aux_cross_entropy(local: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """f_l = CE(a(c(x)), y), reduced in float64 (SPEC §1.3: ZO loss differences are tiny)."""
+    """f_l = CE(a(c(x)), y), reduced in float64: ZO loss differences are tiny.
+
+    docs/zeroth-order.md (Consistency inside one estimate).
+    """
     logits = local(x)  # (B, C)
     return nn.functional.cross_entropy(logits.double(), y)
 
@@ -169,7 +172,9 @@ def _state_mb(local: nn.Module, extra: list[Tensor]) -> float:
 
 
 class SplitZerothOrderTrainer:
-    """HERON-SFL client: forward-only ZO steps on θ_l = {θ_c, θ_a} (SPEC §4.1, H1-H8).
+    """HERON-SFL client: forward-only ZO steps on θ_l = {θ_c, θ_a}.
+
+    docs/strategies/heron-sfl.md (Losses and estimator); decisions H1-H8 on the same page.
 
     Per step: P seeded directions v_p (``sphere``: z/||z|| jointly over all local
     tensors, factor d = dim θ_l), g_p from the ``forward`` (P+1 forwards) or

@@ -8,12 +8,12 @@ graph is ever built: every forward runs under ``torch.inference_mode`` and no
 parameter ever gets a ``.grad`` buffer, so memory stays at inference level
 (plus one parameter copy with ``zo.exact-restore``, ``zo.momentum`` or FedProx).
 
-SPEC §1 and §6.2: ``central`` (2P forwards) or ``forward`` (P+1 forwards)
-two-point estimator, ``gaussian`` or ``sphere`` directions, P directions per
-step, smoothing μ, ZO-SGD with optional momentum and weight decay (not on biases
-and norms). BatchNorm: every forward of one estimate uses batch statistics of
-the same minibatch; only the first (``central``) or clean (``forward``) forward
-moves the running statistics (:func:`fedapp.task.zo.frozen_bn_stats`).
+docs/zeroth-order.md and docs/strategies/zo-seed.md (Client step): ``central`` (2P forwards) or
+``forward`` (P+1 forwards) two-point estimator, ``gaussian`` or ``sphere`` directions, P
+directions per step, smoothing μ, ZO-SGD with optional momentum and weight decay (not on biases
+and norms). BatchNorm: every forward of one estimate uses batch statistics of the same
+minibatch; only the first (``central``) or clean (``forward``) forward moves the running
+statistics (:func:`fedapp.task.zo.frozen_bn_stats`).
 
 Every step is recorded as a :class:`fedapp.task.zo.ZOStep` (seeds and
 projected-gradient scalars), which is all the ``zo-seed`` strategy uploads.
@@ -21,7 +21,7 @@ projected-gradient scalars), which is all the ``zo-seed`` strategy uploads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,15 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clients.base import FitPlan, FitStats, LossFn, cross_entropy_loss, measured
-from fedapp.config import AppConfig
 from fedapp.task import zo
 from fedapp.task.data import Arrays
 from fedapp.task.metering import Meter
 from fedapp.task.models import SplitModel
-from fedapp.task.seeding import PURPOSE_ZO_STEP, derive_seed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ZOPlan(FitPlan):
     """A :class:`FitPlan` plus the zeroth-order settings (``zo.*``) and this round's seeds.
 
@@ -54,37 +52,10 @@ class ZOPlan(FitPlan):
     seed_salt: int | None  # None: shared seeds; the partition id: client seeds
 
 
-def zo_plan(plan: FitPlan, cfg: AppConfig, partition_id: int, seed_base: int | None = None) -> ZOPlan:
-    """Turn the FO-shaped plan the ClientApp built into a :class:`ZOPlan` from ``cfg.zo``.
-
-    ``seed_base`` is the one the server handed out (``zo-seed``); otherwise it is
-    derived from (run seed, round), the same on every node.
-    """
-    z = cfg.zo
-    base = {f.name: getattr(plan, f.name) for f in fields(FitPlan)}
-    base.update(
-        lr=z.lr * cfg.client.lr_decay ** (plan.server_round - 1),
-        local_steps=z.local_steps,
-        momentum=z.momentum,
-        weight_decay=z.weight_decay,
-    )
-    return ZOPlan(
-        **base,
-        num_directions=z.num_directions,
-        mu=z.mu,
-        estimator=z.estimator,
-        direction=z.direction,
-        exact_restore=z.exact_restore,
-        seed_base=(
-            seed_base if seed_base is not None
-            else derive_seed(cfg.seed, PURPOSE_ZO_STEP, plan.server_round)
-        ),
-        seed_salt=partition_id if z.seed_source == "client" else None,
-    )
-
-
 def float64_cross_entropy(model: SplitModel, x: Tensor, y: Tensor) -> Tensor:
-    """Mean CE with the log-softmax and the batch reduction in float64 (SPEC §1.3).
+    """Mean CE with the log-softmax and the batch reduction in float64.
+
+    docs/zeroth-order.md (Consistency inside one estimate).
 
     Loss differences of a two-point estimate are tiny; reducing in float32 would
     bury them in rounding noise.
@@ -97,10 +68,7 @@ _PRECISE: dict[LossFn, LossFn] = {cross_entropy_loss: float64_cross_entropy}
 
 
 class ZerothOrderTrainer:
-    """Forward-only ZO-SGD; :attr:`steps` holds the ``(seeds, scalars)`` of the last fit."""
-
-    def __init__(self) -> None:
-        self.steps: list[zo.ZOStep] = []
+    """Forward-only ZO-SGD; the stats it returns hold the ``(seeds, scalars)`` of every step."""
 
     def fit(
         self,
@@ -111,14 +79,14 @@ class ZerothOrderTrainer:
         loss_fn: LossFn = cross_entropy_loss,
     ) -> FitStats:
         if not isinstance(plan, ZOPlan):
-            raise TypeError("the zo trainer needs a ZOPlan (clients.zo.zo_plan builds one)")
+            raise TypeError("the zo trainer needs a ZOPlan (clients.plans.fit_plan builds one)")
         objective = _PRECISE.get(loss_fn, loss_fn)
         model.to(device).train()
         params = zo.trainable(model)
         anchor = [p.detach().clone() for p in params] if plan.proximal_mu > 0 else []
         velocity = [torch.zeros_like(p) for p in params] if plan.momentum > 0 else []
         meter = Meter(device)
-        self.steps = []
+        steps: list[zo.ZOStep] = []
         batch: list[Tensor] = []
 
         def loss_at() -> float:
@@ -135,7 +103,7 @@ class ZerothOrderTrainer:
 
         def step(x: Tensor, y: Tensor) -> float:
             batch[:] = [x, y]
-            seeds = zo.step_seeds(plan.seed_base, len(self.steps), plan.num_directions, plan.seed_salt)
+            seeds = zo.step_seeds(plan.seed_base, len(steps), plan.num_directions, plan.seed_salt)
             snapshot = [p.detach().clone() for p in params] if plan.exact_restore else []
             grads, loss = zo.projected_gradients(
                 loss_at, params, seeds, plan.mu, plan.estimator, plan.direction, model
@@ -151,14 +119,14 @@ class ZerothOrderTrainer:
                 num_directions=plan.num_directions,
                 weight_decay=plan.weight_decay,
             )
-            self.steps.append(record)
+            steps.append(record)
             if velocity:
                 _momentum_step_(params, velocity, record, plan.momentum, plan.direction)
             else:
                 zo.apply_step_(params, record, plan.direction)
             return loss
 
-        return measured(data, plan, device, step, meter)
+        return replace(measured(data, plan, device, step, meter), zo_steps=tuple(steps))
 
 
 @torch.no_grad()

@@ -1,39 +1,20 @@
-"""The one ClientApp: every message type of every strategy, routed to its handler.
+"""The one ClientApp (Flower's client entry point): every message type, routed to its handler.
 
 Handlers are thin (decode, delegate to a trainer, encode) and live in
-:mod:`fedapp.handlers`, one module per protocol. Every call validates the run
-config and this node's node-config, so a bad value fails the call with a
-one-line error reply instead of training on it.
+:mod:`clients.handlers`, one module per protocol; fault injection for robustness
+tests is a mod around all of them. Every call validates the run config and this
+node's node-config, so a bad value fails the call with a one-line error reply
+instead of training on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedapp.handlers import fedvtc, fedzge, split, weights, zo_seed
+from clients.handlers import HANDLERS
+from clients.handlers.faults import inject_faults
 
-Handler = Callable[[Message, Context], Message]
-
-#: (message category, action) -> handler; the message type on the wire is ``category.action``
-#: (``default`` is the bare category). Strategies name these in :mod:`fedapp.records`.
-HANDLERS: dict[tuple[str, str], Handler] = {
-    ("train", "default"): weights.train,  # fedavg, fedprox, fedgen
-    ("evaluate", "default"): weights.evaluate_local,
-    ("train", "seeds"): zo_seed.train,  # zo-seed
-    ("evaluate", "seeds"): zo_seed.evaluate_replica,
-    ("train", "split"): split.train,  # heron-sfl
-    ("train", "local"): fedzge.train_local,  # fedzge
-    ("query", "logits"): fedzge.query_logits,
-    ("train", "distill"): fedzge.train_distill,
-    ("train", "stats"): fedvtc.train_stats,  # fedvtc
-    ("train", "decoder"): fedvtc.train_decoder,
-    ("train", "finetune"): fedvtc.train_finetune,
-    ("evaluate", "vtc"): fedvtc.evaluate_vtc,
-}
-
-app = ClientApp()
-for (category, action), handler in HANDLERS.items():
-    getattr(app, category)(action)(handler)
+app = ClientApp(mods=[inject_faults])
+for message_type, handler in HANDLERS.items():
+    category, _, action = message_type.partition(".")
+    getattr(app, category)(action or "default")(handler)

@@ -16,14 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, Self, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import field_validator, model_validator
 
 StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge", "fedvtc"]
 TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
@@ -43,20 +37,6 @@ TrainerChoice = TrainerName | Literal["mixed"]
 ZOEstimatorName = Literal["central", "forward"]
 ZODirectionName = Literal["gaussian", "sphere"]
 ZOSeedSource = Literal["shared", "client"]
-
-#: Which trainers each strategy can drive; checked once the config is parsed.
-ACCEPTS: dict[str, frozenset[str]] = {
-    "fedavg": frozenset({"fo", "zo", "mixed"}),
-    "fedprox": frozenset({"fo", "zo", "mixed"}),
-    "zo-seed": frozenset({"zo"}),
-    "fedgen": frozenset({"fo", "zo", "mixed"}),
-    "heron-sfl": frozenset({"split-zo", "split-fo"}),
-    "fedzge": frozenset({"fo"}),
-    "fedvtc": frozenset({"fo"}),
-}
-
-#: Strategies whose clients may run architectures of their own (``model.clients``, node-config).
-HETEROGENEOUS = frozenset({"fedzge", "fedvtc"})
 
 
 class ConfigError(ValueError):
@@ -170,14 +150,12 @@ class TimeoutsConfig(Section):
 
     def for_phase(self, category: str, default: float) -> float:
         """The reply timeout of a message category (``train``, ``evaluate``, ``query``)."""
-        value = {"train": self.train, "evaluate": self.evaluate, "query": self.query}.get(
-            category, 0.0
-        )
-        return value or default
+        values = {"train": self.train, "evaluate": self.evaluate, "query": self.query}
+        return values.get(category, 0.0) or default
 
 
 class ZOConfig(Section):
-    """Zeroth-order clients (SPEC §1, §6): MeZO-style seeded two-point estimates, ZO-SGD."""
+    """Zeroth-order clients (docs/zeroth-order.md, docs/strategies/zo-seed.md): seeded ZO-SGD."""
 
     estimator: ZOEstimatorName  # central: 2P forwards/step; forward: P+1
     direction: ZODirectionName  # gaussian (c = 1) or sphere (c = d)
@@ -194,12 +172,12 @@ class ZOConfig(Section):
 
 
 class FedGenConfig(Section):
-    """FedGen (Zhu, Hong, Zhou, ICML 2021); defaults are the official MNIST settings."""
+    """FedGen (docs/strategies/fedgen.md; decisions G1-G7 there): official MNIST defaults."""
 
     noise_dim: int = Field(gt=0)  # generator noise eps
     hidden_dim: int = Field(gt=0)  # generator hidden layer
     embedding: bool  # Embedding(C, noise-dim) instead of one-hot labels
-    noise: Literal["gaussian", "uniform"]  # G1: N(0, I); official U[0, 1)
+    noise: Literal["gaussian", "uniform"]  # decision G1: N(0, I); official U[0, 1)
     generator_steps: int = Field(ge=1)  # Adam steps per round (official 5 x 10)
     generator_batch_size: int = Field(ge=2)  # B_g (BatchNorm needs 2+)
     generator_lr: float = Field(gt=0)  # ensemble_lr
@@ -209,36 +187,36 @@ class FedGenConfig(Section):
     diversity_weight: float = Field(ge=0)  # eta_e
     student_weight: float = Field(ge=0)  # beta_e (adversarial student term; 0 = off)
     alpha0: float = Field(ge=0)  # generative_alpha: CE on generated latents
-    beta0: float = Field(ge=0)  # generative_beta: latent KL (G3; 0 disables it)
+    beta0: float = Field(ge=0)  # generative_beta: latent KL (decision G3; 0: off)
     regularizer_decay: float = Field(gt=0, le=1)  # alpha_t = max(floor, alpha0 decay^t)
     regularizer_floor: float = Field(ge=0)
     synthetic_batch_size: int = Field(ge=1)  # B_gen: generated latents per client step
-    label_counts: Literal["histogram", "round-draws"]  # G2
-    available_labels: Literal["from-counts", "all"]  # G6
+    label_counts: Literal["histogram", "round-draws"]  # decision G2
+    available_labels: Literal["from-counts", "all"]  # decision G6
 
 
 class HeronConfig(Section):
-    """HERON-SFL and its first-order twin CSE-FSL (SPEC §4; decisions H1-H10)."""
+    """HERON-SFL and CSE-FSL (docs/strategies/heron-sfl.md; decisions H1-H10 there)."""
 
     cut_layer: int = Field(ge=0)  # layers in the client front-end θ_c; 0: the model's default
     aux_pool: Literal["flatten", "avg"]  # aux head θ_a: Linear on flattened or pooled acts
     local_steps: int = Field(ge=0)  # h; 0: one pass over the local data
     upload_every: int = Field(ge=1)  # k: smashed data of every k-th local step go up
     batch_size: int = Field(gt=0)  # B of local steps (uploads are batches of this size)
-    directions: int = Field(ge=1)  # P directions per ZO step (H3)
-    smoothing: float = Field(gt=0)  # μ (H2), quoted with `direction`
-    direction: Literal["sphere", "gaussian"]  # H1: sphere (factor d) or Gaussian (no factor)
-    estimator: Literal["forward", "central"]  # H4
-    bn: Literal["batchstats", "eval"]  # H6: BN mode of the client's ZO forwards
-    client_optimizer: Literal["adam", "sgd"]  # H8: on the ZO estimate or the FO gradient
+    directions: int = Field(ge=1)  # P directions per ZO step (decision H3)
+    smoothing: float = Field(gt=0)  # μ (decision H2), quoted with `direction`
+    direction: Literal["sphere", "gaussian"]  # decision H1: sphere (factor d) or Gaussian
+    estimator: Literal["forward", "central"]  # decision H4
+    bn: Literal["batchstats", "eval"]  # decision H6: BN mode of the ZO forwards
+    client_optimizer: Literal["adam", "sgd"]  # decision H8: on the ZO estimate or FO gradient
     client_lr: float = Field(gt=0)  # η_l
     server_lr: float = Field(gt=0)  # η_s (Adam on the back-end θ_s)
 
 
 class FedZGEConfig(Section):
-    """FedZGE (SPEC §3): official values in pyproject; Z1..Z5 are SPEC §3.6's decisions."""
+    """FedZGE (docs/strategies/fedzge.md): official values in pyproject; decisions Z1-Z5 there."""
 
-    num_directions: int = Field(ge=1)  # q (Z1: README's 5; the official code's default is 10)
+    num_directions: int = Field(ge=1)  # q (decision Z1: README's 5; official code's 10)
     smoothing: float = Field(gt=0)  # ε of x_j = x + ε·u_j
     synthetic_samples: int = Field(ge=2)  # N synthetic images per round
     temperature: float = Field(gt=0)  # T of the KD and adversarial terms
@@ -255,23 +233,23 @@ class FedZGEConfig(Section):
     local_epochs: int = Field(ge=0)  # E1
     batch_size: int = Field(ge=1)  # B of local training
     distill_steps: int = Field(ge=0)  # E3 full-batch local KD steps
-    info_term: Literal["own", "official"]  # Z2
-    direction_transport: Literal["seed", "tensor"]  # Z3
-    exact_diversity: bool  # Z4
+    info_term: Literal["own", "official"]  # decision Z2
+    direction_transport: Literal["seed", "tensor"]  # decision Z3
+    exact_diversity: bool  # decision Z4
     estimator: Literal["batch", "per-sample"]  # one loss difference per batch (official) or sample
-    select: Literal["final", "best_on_val"]  # Z5: never a test-selected round
+    select: Literal["final", "best_on_val"]  # decision Z5: never a test-selected round
     client_eval: Literal["every", "final", "none"]  # rounds in which clients report accuracy
 
 
 class FedVTCConfig(Section):
-    """FedVTC, our reading of the paper (SPEC §5.2-5.4; Niu, Dong, Qin, arXiv 2508.01669)."""
+    """FedVTC, our reading of the paper (docs/strategies/fedvtc.md; decisions V1-V6 there)."""
 
     latent_dim: int = Field(gt=0)  # p: every classifier's projection size
-    share_decoder: bool  # V2: FedAvg the decoder ψ across clients (false: statistics only)
-    finetune: Literal["every_round", "final_only"]  # V4: when synthetic fine-tuning runs
-    mix_real: bool  # V4: fine-tune on real + synthetic (false: synthetic only)
-    cov: Literal["diag"]  # V5: dispersion shared per class (full covariance not implemented)
-    dm: Literal["mean", "cycle", "mmd"]  # V6: distribution-matching loss of the decoder
+    share_decoder: bool  # decision V2: FedAvg ψ across clients (false: statistics only)
+    finetune: Literal["every_round", "final_only"]  # decision V4: when synthetic fine-tuning runs
+    mix_real: bool  # decision V4: real + synthetic (false: synthetic only)
+    cov: Literal["diag"]  # decision V5: per-class diagonal (no full covariance)
+    dm: Literal["mean", "cycle", "mmd"]  # decision V6: the decoder's distribution matching
     lambda_kl: float = Field(ge=0)  # λ_KL, classifier's pull towards the global class means
     lambda_dm: float = Field(ge=0)  # λ_DM
     lambda_syn: float = Field(ge=0)  # λ_syn, weight of the synthetic CE in fine-tuning
@@ -305,43 +283,17 @@ class AppConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.client.trainer not in ACCEPTS[self.strategy]:
-            allowed = ", ".join(sorted(ACCEPTS[self.strategy]))
-            raise ValueError(
-                f"strategy {self.strategy!r} cannot use client.trainer "
-                f"{self.client.trainer!r} (allowed: {allowed})"
-            )
-        if self.strategy == "zo-seed" and self.zo.momentum > 0:
-            raise ValueError(
-                "zo.momentum must be 0 with strategy 'zo-seed' (replaying (seed, scalar) "
-                "pairs cannot rebuild a momentum buffer)"
-            )
+        """Rules across sections; a strategy's own rules are on its card (``strategies``)."""
         if self.server.fraction_evaluate > 0 and self.data.local_test_size == 0:
             raise ValueError(
                 "server.fraction-evaluate > 0 needs data.local-test-size > 0 "
                 "(clients evaluate on their local test split)"
-            )
-        if self.model.clients and self.strategy not in HETEROGENEOUS:
-            raise ValueError(
-                f"model.clients = {self.model.clients!r} gives clients their own architectures, "
-                f"which strategy {self.strategy!r} cannot aggregate (allowed with: "
-                f"{', '.join(sorted(HETEROGENEOUS))})"
             )
         if self.data.val_size > 0 and self.data.dataset not in ("mnist-offline", "digits", "local"):
             raise ValueError(
                 f"data.val-size = {self.data.val_size} needs offline or local data "
                 f"(a validation split of hub dataset {self.data.dataset!r} is not implemented)"
             )
-        if self.strategy == "fedzge" and self.fedzge.select == "best_on_val" and not (
-            self.data.val_size > 0
-        ):
-            raise ValueError(
-                "fedzge.select = 'best_on_val' needs data.val-size > 0 (a validation split "
-                "held out of the training data; the test set never selects a round)"
-            )
-        if self.strategy == "fedvtc" and self.data.local_test_size == 0:
-            raise ValueError("strategy 'fedvtc' needs data.local-test-size > 0 "
-                             "(clients report accuracy on their local test split)")
         if self.data.dataset == "local" and not (self.data.path or self.data.test_path):
             raise ValueError(
                 "data.dataset = 'local' needs data.path (data to partition) or "

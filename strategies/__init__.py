@@ -1,34 +1,40 @@
-"""Server strategies, built by name through the :data:`STRATEGIES` registry."""
+"""The server side: every strategy's card in one registry, :data:`STRATEGIES`.
+
+Adding a strategy is its own module (the strategy class and its
+:class:`~strategies.card.StrategyCard`) plus one line here; see docs/extending.md.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fedapp.config import AppConfig
-from strategies.fedavg import build_fedavg, build_fedprox
-from strategies.fedgen import build_fedgen
-from strategies.fedvtc import FedVTC
-from strategies.fedzge import FedZGE
-from strategies.heron import HeronSFL
-from strategies.screened import Accounting, RoundLedger, Screened
-from strategies.zo_seed import ZOSeed
+from strategies import fedavg, fedgen, fedvtc, fedzge, heron, zo_seed
+from strategies.base import FedzgStrategy
+from strategies.card import StrategyCard, check
 
-StrategyFactory = Callable[[AppConfig], Accounting]
-
-STRATEGIES: dict[str, StrategyFactory] = {
-    "fedavg": build_fedavg,
-    "fedprox": build_fedprox,
-    "zo-seed": ZOSeed.from_config,
-    "fedgen": build_fedgen,
-    "heron-sfl": HeronSFL.from_config,
-    "fedzge": FedZGE.from_config,
-    "fedvtc": FedVTC.from_config,
+STRATEGIES: dict[str, StrategyCard] = {
+    card.name: card
+    for card in (
+        fedavg.FEDAVG,
+        fedavg.FEDPROX,
+        zo_seed.CARD,
+        fedgen.CARD,
+        heron.CARD,
+        fedzge.CARD,
+        fedvtc.CARD,
+    )
 }
 
 
-def build_strategy(cfg: AppConfig) -> Accounting:
-    """The strategy named by ``cfg.strategy`` (the schema's Literal guarantees the key)."""
-    return STRATEGIES[cfg.strategy](cfg)
+def card_for(cfg: AppConfig) -> StrategyCard:
+    """``cfg.strategy``'s card, once ``cfg`` passed its checks (:class:`ConfigError` otherwise)."""
+    card = STRATEGIES[cfg.strategy]
+    check(cfg, card, [c.name for c in STRATEGIES.values() if c.heterogeneous])
+    return card
 
 
-__all__ = ["STRATEGIES", "Accounting", "RoundLedger", "Screened", "build_strategy"]
+def build_strategy(cfg: AppConfig) -> FedzgStrategy:
+    """The strategy named by ``cfg.strategy``, after its card's checks."""
+    return card_for(cfg).build(cfg)
+
+
+__all__ = ["STRATEGIES", "FedzgStrategy", "StrategyCard", "build_strategy", "card_for"]

@@ -2,17 +2,17 @@
 
 Paper: Zhu, Hong, Zhou, "Data-Free Knowledge Distillation for Heterogeneous
 Federated Learning", ICML 2021, arXiv 2105.10056; official code
-zhuangdizhu/FedGen (``serverpFedGen.py``). SPEC §2.
+zhuangdizhu/FedGen (``serverpFedGen.py``). docs/strategies/fedgen.md.
 
-Each round (SPEC §2.2): sample clients; send the global model, and from round 2
-on the generator G_w, alpha_t, beta_t and the available labels; clients train
-with the regulariser; the server trains G_w on the *fresh* client heads of the
-screened replies (label-weighted teacher loss + diversity loss, optional
-adversarial student term), then averages the models as FedAvg does.
+Each round (docs/strategies/fedgen.md (Round structure and wire)): sample clients; send the
+global model, and from round 2 on the generator G_w, alpha_t, beta_t and the available labels;
+clients train with the regulariser; the server trains G_w on the *fresh* client heads of the
+screened replies (label-weighted teacher loss + diversity loss, optional adversarial student
+term), then averages the models as FedAvg does.
 
 Client contract (``train``): when the message carries ``generator``, minimise
 CE + (B_gen/B) alpha_t CE(h(G(eps, y_hat)), y_hat) + beta_t KL(softmax(h(G(eps, y)))
-|| softmax(f(x))) (:mod:`clients.regularizers`); reply FedAvg's ``arrays`` and
+|| softmax(f(x))) (:mod:`clients.fedgen`); reply FedAvg's ``arrays`` and
 ``metrics`` plus ``client-info`` with the label counts (a ConfigRecord, so FedAvg
 never averages them).
 """
@@ -30,7 +30,6 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedapp import records
 from fedapp.config import AppConfig, FedGenConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.fedgen import (
@@ -50,8 +49,10 @@ from fedapp.task.seeding import (
     derive_seed,
     torch_generator,
 )
-from strategies.fedavg import common_kwargs
-from strategies.screened import Screened
+from fedapp.wire import fedgen as wire
+from fedapp.wire.common import decode_client_info, pack_arrays, unpack_arrays
+from strategies.card import StrategyCard
+from strategies.fedavg import WEIGHT_TRAINERS, FedAvgRounds, common_kwargs
 
 
 class FedGenAvg(FedAvg):
@@ -88,7 +89,7 @@ class FedGenAvg(FedAvg):
             self.optimizer, gamma=fedgen.generator_lr_decay
         )
         self.generator_rounds = 0  # rounds in which G_w was trained
-        self.seen_labels: set[int] = set()  # G6: labels some client has reported
+        self.seen_labels: set[int] = set()  # decision G6: labels some client reported
         self.last_losses: GeneratorLosses | None = None
         self._global: ArrayRecord | None = None
 
@@ -111,11 +112,9 @@ class FedGenAvg(FedAvg):
         t, f = server_round - 1, self.fedgen  # t: the official 0-based round index
         alpha = regularization_weight(f.alpha0, f.regularizer_decay, f.regularizer_floor, t)
         beta = regularization_weight(f.beta0, f.regularizer_decay, f.regularizer_floor, t)
-        config = records.fedgen_config(config, alpha, beta, self._available_labels())
+        config = wire.fedgen_config(config, alpha, beta, self._available_labels())
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        generator = records.pack_arrays(self.generator.state_dict())
-        for message in messages:
-            message.content[records.GENERATOR] = generator
+        wire.attach_generator(messages, pack_arrays(self.generator.state_dict()))
         return messages
 
     def aggregate_train(
@@ -126,16 +125,19 @@ class FedGenAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
     def _train_generator(self, server_round: int, replies: list[Message]) -> None:
-        """G_w <- 50 Adam steps on the fresh heads (SPEC §2.3), then one lr decay."""
+        """G_w <- 50 Adam steps on the fresh heads, then one lr decay.
+
+        docs/strategies/fedgen.md (Generator objective).
+        """
         states, counts = [], []
         for msg in replies:
-            c = records.label_counts(msg.content)
-            if c is None or len(c) != self.num_classes:
+            info = decode_client_info(msg.content)
+            if info is None or len(info.label_counts) != self.num_classes:
                 log(WARNING, "FedGen: node %d sent no usable label counts; its head is "
                     "left out of generator training", msg.metadata.src_node_id)
                 continue
-            states.append(head_state(records.unpack_arrays(msg.content)))
-            counts.append(c)
+            states.append(head_state(unpack_arrays(msg.content)))
+            counts.append(info.label_counts)
         if not states:
             return
         count_matrix = torch.tensor(counts, dtype=torch.float64)  # (K, C)
@@ -194,11 +196,11 @@ class FedGenAvg(FedAvg):
         super().summary()
 
 
-class FedGen(Screened, FedGenAvg):
+class FedGen(FedAvgRounds, FedGenAvg):
     """FedGen behind reply screening and byte accounting: G_w trains on screened replies."""
 
     def state_dict(self) -> dict[str, Any]:
-        # Screened's (empty) state_dict precedes FedGenAvg in the MRO
+        # the base's (empty) state_dict precedes FedGenAvg in the MRO
         return self.generator_state()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,3 +212,6 @@ def build_fedgen(cfg: AppConfig) -> FedGen:
     _, spec = load_server_test(cfg.data, cfg.seed)
     template = build_model(cfg.model.name, spec)
     return FedGen(**common_kwargs(cfg), fedgen=cfg.fedgen, template=template, seed=cfg.seed)
+
+
+CARD = StrategyCard("fedgen", build_fedgen, WEIGHT_TRAINERS, default_trainer="fo")

@@ -1,17 +1,18 @@
 """FedVTC strategy: model-heterogeneous FL through shared feature statistics.
 
-Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated
-Clients Using Generative Models", ICLR 2026, arXiv 2508.01669 (v1: "Boosting
-Generalization Performance in Model-Heterogeneous FL Using Variational
-Transposed Convolution"). No official code exists; this is **our reading of
-the paper** (SPEC §5.2). Classifier weights never leave a node. Where the paper
-is open, our choice is a ``fedvtc.*`` key: decoder aggregation (``share-decoder``,
-V2), fine-tuning schedule and real-data mixing (``finetune``, ``mix-real``, V4),
-dispersion (``cov = diag``, V5), distribution matching (``dm``, V6).
+Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated Clients Using
+Generative Models", ICLR 2026, arXiv 2508.01669 (v1: "Boosting Generalization Performance in
+Model-Heterogeneous FL Using Variational Transposed Convolution"). No official code exists; this
+is **our reading of the paper** (docs/strategies/fedvtc.md (Our reading of the paper)).
+Classifier weights never leave a node. Where the paper is open, our choice is a ``fedvtc.*``
+key, with its decision code in docs/strategies/fedvtc.md (Project decisions): decoder
+aggregation (``share-decoder``, decision V2), fine-tuning schedule and real-data mixing
+(``finetune``, ``mix-real``, decision V4), dispersion (``cov = diag``, decision V5),
+distribution matching (``dm``, decision V6).
 
-There is no global model: the headline metric is the mean over clients of
-their own classifier's accuracy on the global test set (SPEC §7.2), reported
-in ``ledger.extra`` as ``accuracy`` (``has_global_model = False``).
+There is no global model: the headline metric is the mean over clients of their own classifier's
+accuracy on the global test set (docs/evaluation.md (Test sets and seeds)), reported in
+``ledger.extra`` as ``accuracy`` (its card says ``global_model=False``).
 
 Client contract
 ---------------
@@ -40,23 +41,25 @@ from __future__ import annotations
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.task.data import load_server_test
-from fedapp.task.models import ImageSpec
+from fedapp.task.models import VTC_ZOO, ImageSpec
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
 from fedapp.task.vtc import average_states, build_decoder
-from strategies._phased import PhasedStrategy
+from fedapp.wire import fedvtc as wire
+from fedapp.wire.common import FINETUNE_LOSS, TRAIN_LOSS, VTC_LOSS, pack_arrays
+from strategies.card import StrategyCard
+from strategies.phased import PhasedStrategy
 
 
 def initial_decoder(latent_dim: int, spec: ImageSpec, seed: int) -> ArrayRecord:
     """ψ_0, identical for every client (seeded, so a resumed run starts alike)."""
-    return records.pack_arrays(build_decoder(latent_dim, spec, seed).state_dict())
+    return pack_arrays(build_decoder(latent_dim, spec, seed).state_dict())
 
 
 class FedVTC(PhasedStrategy):
@@ -69,12 +72,10 @@ class FedVTC(PhasedStrategy):
     decoder : ArrayRecord or None
         ψ_0 when the decoder is shared (``fedvtc.share-decoder``), else ``None``.
     finetune : str
-        ``every_round`` or ``final_only`` (decision V4).
+        ``every_round`` or ``final_only`` (decision V4, docs/strategies/fedvtc.md).
     num_rounds : int
         R, for ``final_only``.
     """
-
-    has_global_model = False
 
     def __init__(
         self,
@@ -121,7 +122,8 @@ class FedVTC(PhasedStrategy):
         self.ledger.clients = len(stats)
         if stats:
             self.global_stats = pool_stats(list(stats.values()))  # step 3
-        if server_round > 1 and stats:  # the first round runs steps 1-3 only (SPEC §5.2)
+        # the first round runs steps 1-3 only: docs/strategies/fedvtc.md (Our reading of the paper)
+        if server_round > 1 and stats:
             trained = self._train_decoders(grid, server_round, list(stats))  # step 4
             if self.finetune == "every_round" or server_round == self.num_rounds:
                 self._finetune(grid, server_round, trained)  # step 5
@@ -135,67 +137,63 @@ class FedVTC(PhasedStrategy):
         self, grid: Grid, server_round: int, nodes: list[int]
     ) -> dict[int, FeatureStats]:
         """Steps 1-2: clients train their classifiers and reply per-class statistics."""
-        content = records.pack_vtc_round(self.global_stats, None, server_round)
+        content = wire.encode_down(server_round, self.global_stats)
         replies = self._send(
-            grid, server_round, "train.stats", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_stats_reply(c, self.num_classes, self.latent_dim),
+            grid, server_round, wire.TRAIN_STATS, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_stats_reply(c, self.num_classes, self.latent_dim),
         )
-        self._mean_metric(replies, records.TRAIN_LOSS)
+        ups = {n: wire.decode_stats_reply(r) for n, r in replies.items()}
+        self.ledger.extra[TRAIN_LOSS] = _mean([u.train_loss for u in ups.values()])
         for node, reply in replies.items():
             self._log_client_once(reply)
-            self.models[node] = records.client_model(reply)
-        return {n: records.unpack_stats(r, records.VTC_STATS) for n, r in replies.items()}
+            self.models[node] = ups[node].model
+        return {n: u.stats for n, u in ups.items()}
 
     def _train_decoders(self, grid: Grid, server_round: int, nodes: list[int]) -> list[int]:
         """Step 4: clients train ψ on the pooled statistics; shared decoders are averaged."""
-        content = records.pack_vtc_round(self.global_stats, self.decoder, server_round)
+        content = wire.encode_down(server_round, self.global_stats, self.decoder)
         replies = self._send(
-            grid, server_round, "train.decoder", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_vtc_reply(c, records.VTC_DECODER_METRICS, self.decoder),
+            grid, server_round, wire.TRAIN_DECODER, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_reply(c, wire.VTC_DECODER_METRICS, self.decoder),
         )
-        self._mean_metric(replies, records.VTC_LOSS)
+        ups = [wire.decode_decoder_reply(r) for r in replies.values()]
+        self.ledger.extra[VTC_LOSS] = _mean([loss for _, loss, _ in ups])
         if self.decoder is not None and replies:
-            states = [records.unpack_arrays(r, records.VTC_DECODER) for r in replies.values()]
-            weights = [records.reply_metric(r, records.NUM_EXAMPLES) for r in replies.values()]
-            self.decoder = records.pack_arrays(average_states(states, weights))
+            states = [decoder for _, _, decoder in ups if decoder is not None]
+            weights = [n for n, _, _ in ups]
+            self.decoder = pack_arrays(average_states(states, weights))
         return list(replies)
 
     def _finetune(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Step 5: clients fine-tune their whole classifier on synthetic (and real) data."""
-        content = records.pack_vtc_round(self.global_stats, None, server_round)
+        content = wire.encode_down(server_round, self.global_stats)
         replies = self._send(
-            grid, server_round, "train.finetune", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_vtc_reply(c, records.VTC_FINETUNE_METRICS),
+            grid, server_round, wire.TRAIN_FINETUNE, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_reply(c, wire.VTC_FINETUNE_METRICS),
         )
-        self._mean_metric(replies, records.FINETUNE_LOSS)
+        self.ledger.extra[FINETUNE_LOSS] = _mean(
+            [wire.decode_finetune_loss(r) for r in replies.values()]
+        )
 
     def _evaluate(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Every client's classifier on the global test set and its local split; means over clients."""
-        content = records.pack_vtc_round(None, None, server_round)
+        content = wire.encode_down(server_round)
         replies = self._send(
-            grid, server_round, "evaluate.vtc", dict.fromkeys(nodes, content),
-            check=lambda c: records.screen_vtc_reply(c, records.VTC_EVAL_METRICS),
+            grid, server_round, wire.EVALUATE_VTC, dict.fromkeys(nodes, content),
+            check=lambda c: wire.screen_reply(c, wire.VTC_EVAL_METRICS),
         )
+        ups = {n: wire.decode_eval_reply(r) for n, r in replies.items()}
         extra = self.ledger.extra
-        extra["accuracy"] = self._mean_metric(replies, records.EVAL_ACC, store=False)
-        extra["loss"] = self._mean_metric(replies, records.EVAL_LOSS, store=False)
-        extra["accuracy-local"] = self._mean_metric(replies, records.EVAL_ACC_LOCAL, store=False)
-        extra["loss-local"] = self._mean_metric(replies, records.EVAL_LOSS_LOCAL, store=False)
-        for model in sorted({self.models[n] for n in replies}):
-            mine = {n: r for n, r in replies.items() if self.models[n] == model}
-            extra[f"accuracy-{model}"] = self._mean_metric(mine, records.EVAL_ACC, store=False)
+        extra["accuracy"] = _mean([u.accuracy for u in ups.values()])
+        extra["loss"] = _mean([u.loss for u in ups.values()])
+        extra["accuracy-local"] = _mean([u.accuracy_local for u in ups.values()])
+        extra["loss-local"] = _mean([u.loss_local for u in ups.values()])
+        for model in sorted({self.models[n] for n in ups}):
+            extra[f"accuracy-{model}"] = _mean(
+                [u.accuracy for n, u in ups.items() if self.models[n] == model]
+            )
         log(INFO, "FedVTC round %d: client-mean accuracy global %.4f, local %.4f (%d clients)",
             server_round, extra["accuracy"], extra["accuracy-local"], len(replies))
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _mean_metric(self, replies: dict[int, RecordDict], key: str, store: bool = True) -> float:
-        """Unweighted mean of metric ``key`` over clients (NaN without replies)."""
-        values = [records.reply_metric(r, key) for r in replies.values()]
-        mean = sum(values) / len(values) if values else float("nan")
-        if store:
-            self.ledger.extra[key] = mean
-        return mean
 
     def state_dict(self) -> dict[str, Any]:
         """Pooled statistics, the averaged decoder and the round counter."""
@@ -213,7 +211,7 @@ class FedVTC(PhasedStrategy):
         stats = state["global_stats"]
         self.global_stats = None if stats is None else FeatureStats(**stats)
         if state["decoder"] is not None:
-            self.decoder = records.pack_arrays(state["decoder"])
+            self.decoder = pack_arrays(state["decoder"])
         self.models = dict(state["models"])
 
     def summary(self) -> None:
@@ -222,3 +220,22 @@ class FedVTC(PhasedStrategy):
         log(INFO, "\t├── decoder shared: %s; fine-tuning: %s",
             self.decoder is not None, self.finetune)
         super().summary()
+
+
+def _mean(values: list[float]) -> float:
+    """Unweighted mean over clients (NaN without replies)."""
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _needs_local_test(cfg: AppConfig) -> str | None:
+    if cfg.data.local_test_size == 0:
+        return ("strategy 'fedvtc' needs data.local-test-size > 0 "
+                "(clients report accuracy on their local test split)")
+    return None
+
+
+CARD = StrategyCard(
+    "fedvtc", FedVTC.from_config, frozenset({"fo"}), default_trainer="fo",
+    client_models=VTC_ZOO, heterogeneous=True, global_model=False,
+    checks=(_needs_local_test,),
+)

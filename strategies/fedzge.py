@@ -2,7 +2,7 @@
 
 Paper: Ma, Wang, Zhang, "Data-Free Black-Box Federated Learning via Zeroth-Order
 Gradient Estimation", AAAI 2025, arXiv 2503.06028; official code
-maxinge8698/FedZGE @ 2075064 (``main.py``, ``server.py``, ``client.py``). SPEC §3.
+maxinge8698/FedZGE @ 2075064 (``main.py``, ``server.py``, ``client.py``). docs/strategies/fedzge.md.
 
 Client weights never leave a node, and nodes may run different architectures
 (the global model, ``model.name``, may differ from all of them). Each round:
@@ -10,8 +10,9 @@ Client weights never leave a node, and nodes may run different architectures
 1. ``train.local``: clients train their private persistent model (E1 epochs).
 2. synthesis: the server draws N (z, y) and computes x = G(z, y), keeping the graph.
 3. ``query.logits``: clients return the logits of x and of x_j = x + ε·u_j, j = 1..q.
-   ``seed`` transport (default, SPEC §3.6 Z3) sends x once plus a seed from which
-   clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches (official).
+   ``seed`` transport (default, decision Z3, docs/strategies/fedzge.md) sends x once plus a seed
+   from which clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches
+   (official).
 4. generator: L_G at x and every x_j from the data-size-weighted ensemble ℓ̄, the ZO
    estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step.
 5. server KD: E2 full-batch steps of the global model towards ℓ̄(x), temperature T.
@@ -50,7 +51,6 @@ from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp import records
 from fedapp.config import AppConfig, FedZGEConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.evaluate import resolve_device
@@ -75,7 +75,10 @@ from fedapp.task.seeding import (
     derive_seed,
 )
 from fedapp.task.zo import unit_directions
-from strategies._phased import PhasedStrategy
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, pack_arrays
+from strategies.card import StrategyCard
+from strategies.phased import PhasedStrategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,7 @@ class Synthetic:
 
 
 class FedZGE(PhasedStrategy):
-    """Data-free black-box FL: ZO-trained server generator, KD both ways (SPEC §3)."""
+    """Data-free black-box FL: ZO-trained generator, KD both ways (docs/strategies/fedzge.md)."""
 
     def __init__(
         self, cfg: FedZGEConfig, spec: ImageSpec, server_model: SplitModel, seed: int,
@@ -111,7 +114,6 @@ class FedZGE(PhasedStrategy):
         self.generator_optimizer = self._generator_optimizer()
         self.server_optimizer = self._server_optimizer()
         self.round = 0
-        self.select = cfg.select
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> FedZGE:
@@ -135,11 +137,13 @@ class FedZGE(PhasedStrategy):
         self.ledger.clients = len(answers)
         self.ledger.extra["skipped"] = float(not answers)
         if answers:
-            ensemble = ensemble_logits(*zip(*answers.values(), strict=True))  # (1+q, N, C)
+            ensemble = ensemble_logits(  # (1+q, N, C)
+                [a.logits for a in answers.values()], [a.num_examples for a in answers.values()]
+            )
             self._generator_step(synthetic, ensemble)
             self._server_distill(synthetic.x.detach(), ensemble[0])
             self._client_distill(grid, server_round, sorted(answers), ensemble[0])
-            arrays = records.pack_arrays(self.server_model.state_dict())
+            arrays = pack_arrays(self.server_model.state_dict())
         else:  # the synthesis forward moved G's BN statistics: put them back
             self.generator.load_state_dict(generator_before)
             log(WARNING, "FedZGE round %d skipped: no client answered the query", server_round)
@@ -149,9 +153,9 @@ class FedZGE(PhasedStrategy):
 
     def _local_update(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Step 1: clients train their private models (E1 epochs); we learn only metrics."""
-        contents = {n: records.pack_round(server_round) for n in nodes}
-        replies = self._send(grid, server_round, "train.local", contents,
-                             records.screen_local_reply)
+        contents = {n: config_message(server_round) for n in nodes}
+        replies = self._send(grid, server_round, wire.TRAIN_LOCAL, contents,
+                             wire.screen_local_reply)
         self._mean_accuracy(replies, "before")
 
     def _synthesize(self, server_round: int) -> Synthetic:
@@ -170,28 +174,26 @@ class FedZGE(PhasedStrategy):
 
     def _query(
         self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic
-    ) -> dict[int, tuple[torch.Tensor, int]]:
+    ) -> dict[int, wire.LogitsUp]:
         """Step 4: black-box logits (1+q, N, C) and example counts of the answering clients."""
         cfg, x = self.cfg, synthetic.x.detach().float().cpu()
-        if cfg.direction_transport == "seed":
-            content = records.pack_query(
-                server_round, x, cfg.num_directions, cfg.smoothing, seed=synthetic.seed
-            )
-        else:
-            content = records.pack_query(
-                server_round, x, cfg.num_directions, cfg.smoothing, perturbed=synthetic.queries
-            )
+        seeded = cfg.direction_transport == "seed"
+        content = wire.encode_query(wire.QueryDown(
+            server_round=server_round, x=x, num_directions=cfg.num_directions,
+            smoothing=cfg.smoothing, seed=synthetic.seed if seeded else None,
+            perturbed=None if seeded else synthetic.queries,
+        ))
         shape = (1 + cfg.num_directions, cfg.synthetic_samples, self.spec.num_classes)
         down, up = self.ledger.bytes_down, self.ledger.bytes_up
         replies = self._send(
-            grid, server_round, "query.logits", {n: content for n in nodes},
-            lambda c: records.screen_logits_reply(c, shape),
+            grid, server_round, wire.QUERY_LOGITS, {n: content for n in nodes},
+            lambda c: wire.screen_logits_reply(c, shape),
         )
         sent = max(len(nodes), 1)
         self.ledger.extra["query-bytes-down-per-client"] = (self.ledger.bytes_down - down) / sent
         answered = max(len(replies), 1)
         self.ledger.extra["query-bytes-up-per-client"] = (self.ledger.bytes_up - up) / answered
-        return {n: records.unpack_logits(c) for n, c in replies.items()}
+        return {n: wire.decode_logits(c) for n, c in replies.items()}
 
     def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> None:
         """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step."""
@@ -232,14 +234,13 @@ class FedZGE(PhasedStrategy):
         self, grid: Grid, server_round: int, nodes: list[int], teacher: torch.Tensor
     ) -> None:
         """Step 7: the answering clients distil from ℓ̄(x) on the x they kept."""
-        content = records.pack_distill(
+        content = wire.encode_distill(wire.DistillDown(
             server_round, teacher, self.cfg.temperature, self.cfg.distill_steps
-        )
-        replies = self._send(grid, server_round, "train.distill", {n: content for n in nodes},
-                             records.screen_distill_reply)
+        ))
+        replies = self._send(grid, server_round, wire.TRAIN_DISTILL, {n: content for n in nodes},
+                             wire.screen_distill_reply)
         self._mean_accuracy(replies, "after")
-        metrics = [c.metric_records[records.METRICS] for c in replies.values()]
-        losses = [float(m[records.DISTILL_LOSS]) for m in metrics]  # type: ignore[arg-type]
+        losses = [wire.decode_distill_loss(c) for c in replies.values()]
         if losses:
             self.ledger.extra["client-kd-loss"] = sum(losses) / len(losses)
 
@@ -247,9 +248,9 @@ class FedZGE(PhasedStrategy):
 
     def _mean_accuracy(self, replies: dict[int, RecordDict], when: str) -> None:
         """Clients' mean private-model accuracy (global test set, local split) in the row."""
-        for key, name in ((records.ACC_GLOBAL, f"client-acc-{when}"),
-                          (records.ACC_LOCAL, f"client-acc-local-{when}")):
-            values = [float(c.metric_records[records.METRICS][key]) for c in replies.values()]  # type: ignore[arg-type]
+        accuracies = [wire.decode_accuracy(c) for c in replies.values()]
+        for name, values in ((f"client-acc-{when}", [a.on_global for a in accuracies]),
+                             (f"client-acc-local-{when}", [a.on_local for a in accuracies])):
             measured = [v for v in values if v >= 0]
             if measured:
                 self.ledger.extra[name] = sum(measured) / len(measured)
@@ -297,3 +298,17 @@ class FedZGE(PhasedStrategy):
         log(INFO, "\t├── directions: %s transport; info term: %s; exact diversity: %s",
             c.direction_transport, c.info_term, c.exact_diversity)
         super().summary()
+
+
+def _selection_needs_validation(cfg: AppConfig) -> str | None:
+    if cfg.fedzge.select == "best_on_val" and not cfg.data.val_size > 0:
+        return ("fedzge.select = 'best_on_val' needs data.val-size > 0 (a validation split "
+                "held out of the training data; the test set never selects a round)")
+    return None
+
+
+CARD = StrategyCard(
+    "fedzge", FedZGE.from_config, frozenset({"fo"}), default_trainer="fo",
+    client_models=("fedgen-cnn", "mlp", "cnn"), heterogeneous=True,
+    select=lambda cfg: cfg.fedzge.select, checks=(_selection_needs_validation,),
+)

@@ -1,11 +1,11 @@
 """HERON-SFL: split federated learning with zeroth-order clients and a first-order server.
 
-Paper: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth- and
-First-Order Split Federated Learning", arXiv 2601.09076 (v1), §IV (SPEC §4).
-No public code exists; this follows the paper's round structure, with the
-project decisions H1-H10 of SPEC §4.5 as ``heron.*`` config keys. With the
-``split-fo`` trainer the same server runs CSE-FSL (Mu and Shen, ICC 2023), the
-paper's first-order baseline: identical wire and update order, FO client steps.
+Paper: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth- and First-Order Split
+Federated Learning", arXiv 2601.09076 (v1), §IV (docs/strategies/heron-sfl.md). No public code
+exists; this follows the paper's round structure, with the project decisions H1-H10 of
+docs/strategies/heron-sfl.md (Project decisions) as ``heron.*`` config keys. With the
+``split-fo`` trainer the same server runs CSE-FSL (Mu and Shen, ICC 2023), the paper's
+first-order baseline: identical wire and update order, FO client steps.
 
 The model is cut into a client front-end θ_c, a client auxiliary head θ_a and a
 server back-end θ_s (:mod:`fedapp.task.split`). Inference is θ_c + θ_s; the aux
@@ -30,15 +30,22 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from torch import Tensor, nn
 
-from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.evaluate import evaluate, resolve_device
 from fedapp.task.seeding import PURPOSE_AUX_INIT, PURPOSE_INIT, derive_seed
 from fedapp.task.split import back_end_step, build_split, uniform_average
-from strategies._phased import PhasedStrategy
+from fedapp.wire import split as wire
+from fedapp.wire.common import (
+    STEP_FLOPS,
+    STEP_PEAK_MEM_MB,
+    TRAIN_LOSS,
+    UPLOADS,
+    pack_arrays,
+)
+from strategies.card import StrategyCard
+from strategies.phased import PhasedStrategy
 
-Reply = tuple[int, RecordDict]  # (partition id, reply content)
 
 
 class HeronSFL(PhasedStrategy):
@@ -51,12 +58,12 @@ class HeronSFL(PhasedStrategy):
     replies ``front`` and ``aux`` (same keys, shapes, dtypes), ``activations``
     {``acts`` (N, *cut) float32, ``labels`` (N,) int64, ``batch-sizes`` (U,)}
     holding the cut activations of steps 0, k, 2k, ..., ``metrics``
-    (:data:`fedapp.records.SPLIT_METRICS`) and ``client-info``. The server never
+    (:data:`fedapp.wire.split.SPLIT_METRICS`) and ``client-info``. The server never
     sends gradients, activations or θ_s.
 
     Each round: sample, local split phase, back-end training client by client
-    in partition-id order (one Adam step per uploaded batch, H9), uniform
-    average of θ_c and θ_a (H10 evaluation uses θ_c + θ_s).
+    in partition-id order (one Adam step per uploaded batch, decision H9), uniform
+    average of θ_c and θ_a (decision H10: evaluation uses θ_c + θ_s).
     """
 
     def __init__(self, cfg: AppConfig) -> None:
@@ -87,82 +94,73 @@ class HeronSFL(PhasedStrategy):
             self._average_front_aux(replies)  # θ_l ← (1/N) Σ_i θ_l,i
         self._record_clients(replies)
         self._evaluate_aux()
-        return records.pack_arrays(self._global_state())
+        return pack_arrays(self._global_state())
 
-    def _local_split(self, grid: Grid, server_round: int, nodes: list[int]) -> list[Reply]:
+    def _local_split(self, grid: Grid, server_round: int, nodes: list[int]) -> list[wire.SplitUp]:
         """Step 1-2: broadcast θ_c, θ_a; collect θ_c,i, θ_a,i and smashed batches (screened)."""
-        config = records.pack_split_config(
-            server_round, self.h.local_steps, self.h.upload_every, self.h.smoothing,
-            self.h.client_lr,
-        )
-        front, aux = self.parts.front.state_dict(), self.parts.aux.state_dict()
-        content = records.pack_split_message(front, aux, config)
-        front_ref, aux_ref = content.array_records[records.FRONT], content.array_records[records.AUX]
+        content = wire.encode_down(wire.SplitDown(
+            server_round=server_round, local_steps=self.h.local_steps,
+            upload_every=self.h.upload_every, smoothing=self.h.smoothing, lr=self.h.client_lr,
+            front=self.parts.front.state_dict(), aux=self.parts.aux.state_dict(),
+        ))
         self.ledger.sampled = len(nodes)
 
         def check(reply: RecordDict) -> str | None:
-            return records.screen_split_reply(
-                reply, front_ref, aux_ref, self.parts.cut_shape, self.spec.num_classes
-            )
+            return wire.screen_up(reply, content, self.parts.cut_shape, self.spec.num_classes)
 
         accepted = self._send(
-            grid, server_round, records.TRAIN_SPLIT, {n: content for n in nodes}, check
+            grid, server_round, wire.TRAIN_SPLIT, {n: content for n in nodes}, check
         )
         self.ledger.clients = len(accepted)
-        return self._in_client_order(list(accepted.values()))
+        return self._in_client_order([wire.decode_up(c) for c in accepted.values()])
 
-    def _in_client_order(self, replies: list[RecordDict]) -> list[Reply]:
+    def _in_client_order(self, replies: list[wire.SplitUp]) -> list[wire.SplitUp]:
         """Fixed order: by partition id, so the server's sequential updates are reproducible."""
-        ordered = []
-        for content in replies:
-            pid, counts = records.split_reply_info(content)
-            self.label_counts.setdefault(pid, counts)
-            ordered.append((pid, content))
-        return sorted(ordered, key=lambda r: r[0])
+        for up in replies:
+            self.label_counts.setdefault(up.info.partition_id, up.info.label_counts)
+        return sorted(replies, key=lambda up: up.info.partition_id)
 
-    def _train_back_end(self, replies: list[Reply]) -> None:
-        """Step 3: θ_s ← θ_s − η_s ∇ℓ(s(c_i(ξ); θ_s), y), one step per uploaded batch (H9)."""
+    def _train_back_end(self, replies: list[wire.SplitUp]) -> None:
+        """Step 3: θ_s ← θ_s − η_s ∇ℓ(s(c_i(ξ); θ_s), y), one step per uploaded batch.
+
+        Decision H9, docs/strategies/heron-sfl.md.
+        """
         losses = []
-        for _, content in replies:
-            for acts, labels in records.unpack_activations(content):
+        for up in replies:
+            for acts, labels in up.batches:
                 losses.append(
                     back_end_step(
                         self.parts.back, self.server_opt, acts.to(self.device),
                         labels.to(self.device),
                     )
                 )
-        self.server_order = [pid for pid, _ in replies]
+        self.server_order = [up.info.partition_id for up in replies]
         self.ledger.extra["server-steps"] = len(losses)
         self.ledger.extra["server-loss"] = sum(losses) / max(len(losses), 1)
 
-    def _average_front_aux(self, replies: list[Reply]) -> None:
+    def _average_front_aux(self, replies: list[wire.SplitUp]) -> None:
         """Step 4: uniform average of the clients' θ_c and θ_a (not sample-weighted)."""
-        for key, module in ((records.FRONT, self.parts.front), (records.AUX, self.parts.aux)):
-            states = [c.array_records[key].to_torch_state_dict() for _, c in replies]
-            module.load_state_dict(uniform_average(states))
+        self.parts.front.load_state_dict(uniform_average([up.front for up in replies]))
+        self.parts.aux.load_state_dict(uniform_average([up.aux for up in replies]))
 
-    def _record_clients(self, replies: list[Reply]) -> None:
+    def _record_clients(self, replies: list[wire.SplitUp]) -> None:
         """Per-client accounting: bytes by record, one step's FLOPs and peak memory, passes."""
         if not replies:
             return
         rows = []
-        for pid, content in replies:
-            m = content.metric_records[records.METRICS]
-            row = {
-                "bytes-up-acts": records.content_bytes(
-                    RecordDict({records.ACTIVATIONS: content[records.ACTIVATIONS]})
-                ),
-                "bytes-up-weights": records.content_bytes(
-                    RecordDict({k: content[k] for k in (records.FRONT, records.AUX)})
-                ),
-                "step-flops": float(m["step-flops"]),  # type: ignore[arg-type]
-                "step-peak-mem-mb": float(m["step-peak-mem-mb"]),  # type: ignore[arg-type]
-                "forward-per-step": float(m["forward-passes"]) / float(m["steps"]),  # type: ignore[arg-type]
-                "backward-per-step": float(m["backward-passes"]) / float(m["steps"]),  # type: ignore[arg-type]
-                "train-loss": float(m["train-loss"]),  # type: ignore[arg-type]
-                "uploads": float(m["uploads"]),  # type: ignore[arg-type]
+        for up in replies:
+            m, steps = up.metrics, float(up.metrics.steps)
+            row: dict[str, float] = {
+                "bytes-up-acts": up.bytes_acts,
+                "bytes-up-weights": up.bytes_weights,
+                STEP_FLOPS: float(m.step_flops),
+                STEP_PEAK_MEM_MB: m.step_peak_mem_mb,
+                "forward-per-step": float(m.train.forward_passes) / steps,
+                "backward-per-step": float(m.train.backward_passes) / steps,
+                TRAIN_LOSS: m.train.train_loss,
+                UPLOADS: float(m.uploads),
             }
-            log(INFO, "heron-sfl client %d: %s", pid,
+            log(INFO, "heron-sfl client %d: %s", up.info.partition_id,
                 ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
             rows.append(row)
         for key in rows[0]:
@@ -170,7 +168,7 @@ class HeronSFL(PhasedStrategy):
         self.ledger.extra["client-bytes-down"] = self.ledger.bytes_down / self.ledger.sampled
 
     def _evaluate_aux(self) -> None:
-        """H10: the aux head's test accuracy (θ_c + θ_a), logged next to θ_c + θ_s's."""
+        """Decision H10: the aux head's test accuracy (θ_c + θ_a), logged next to θ_c + θ_s's."""
         local = nn.Sequential(self.parts.front, self.parts.aux)
         result = evaluate(local, self.test, self.cfg.server.eval_batch_size, self.device)
         self.ledger.extra["aux-acc"] = result.accuracy
@@ -210,3 +208,7 @@ class HeronSFL(PhasedStrategy):
         log(INFO, "\t├── ZO: %s, %s, P %d, mu %g, bn %s",
             h.direction, h.estimator, h.directions, h.smoothing, h.bn)
         super().summary()
+
+
+CARD = StrategyCard("heron-sfl", HeronSFL.from_config, frozenset({"split-zo", "split-fo"}),
+                    default_trainer="split-zo")

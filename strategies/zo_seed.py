@@ -2,7 +2,7 @@
 
 FedKSeed (Qin et al., ICML 2024, arXiv 2312.06353) and DeComFL (Li et al.,
 ICLR 2025, arXiv 2405.15861), on MeZO's seeded in-place perturbations
-(Malladi et al., NeurIPS 2023, arXiv 2305.17333). SPEC §6.
+(Malladi et al., NeurIPS 2023, arXiv 2305.17333). docs/strategies/zo-seed.md.
 
 Round t:
 
@@ -46,14 +46,16 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedapp import records
 from fedapp.config import AppConfig
 from fedapp.task import zo
 from fedapp.task.data import load_server_test
 from fedapp.task.models import ImageSpec, SplitModel, build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_ZO_STEP, derive_seed
-from strategies.fedavg import common_kwargs
-from strategies.screened import Screened
+from fedapp.wire import zo_seed as wire
+from fedapp.wire.common import pack_arrays
+from strategies.card import StrategyCard
+from strategies.fedavg import FedAvgRounds, common_kwargs
 
 
 def initial_model(cfg: AppConfig, spec: ImageSpec) -> SplitModel:
@@ -61,7 +63,7 @@ def initial_model(cfg: AppConfig, spec: ImageSpec) -> SplitModel:
     return build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
 
 
-class ZOSeed(Screened, FedAvg):
+class ZOSeed(FedAvgRounds, FedAvg):
     """Seed-compressed zeroth-order aggregation with history replay (see the module docstring)."""
 
     def __init__(self, cfg: AppConfig, spec: ImageSpec, **kwargs: Any) -> None:
@@ -122,7 +124,7 @@ class ZOSeed(Screened, FedAvg):
 
     def lr(self, server_round: int) -> float:
         """η_t = zo.lr · client.lr-decay^(t−1), as the nodes compute it."""
-        return self.cfg.zo.lr * self.cfg.client.lr_decay ** (server_round - 1)
+        return round_lr(self.cfg.zo.lr, self.cfg.client.lr_decay, server_round)
 
     def seed_base(self, server_round: int) -> int:
         return derive_seed(self.cfg.seed, PURPOSE_ZO_STEP, server_round)
@@ -157,14 +159,18 @@ class ZOSeed(Screened, FedAvg):
         bootstrap = (self.cfg.zo.catchup_max_rounds > 0 and gap > self.cfg.zo.catchup_max_rounds) or (
             self.initial is not None and node_id not in self.synced
         )
-        content = records.pack_zo_down(
-            server_round, target, self.seed_base(server_round), self.lr(server_round),
-            [] if bootstrap else self.history[synced - 1 : target - 1],
-            self.explicit_seeds, self._buffers(),
-            self.model.state_dict() if bootstrap else None,
+        down = wire.ZODownlink(
+            server_round=server_round,
+            target_round=target,
+            seed_base=self.seed_base(server_round),
+            lr=self.lr(server_round),
+            history=[] if bootstrap else self.history[synced - 1 : target - 1],
+            buffers=self._buffers(),
+            model=self.model.state_dict() if bootstrap else None,
         )
+        content = wire.encode_down(down, self.explicit_seeds)
         self._pending[node_id] = target
-        kind = records.TRAIN_SEEDS if target == server_round else records.EVALUATE_SEEDS
+        kind = wire.TRAIN_SEEDS if target == server_round else wire.EVALUATE_SEEDS
         return Message(content=content, message_type=kind, dst_node_id=node_id)
 
     def _sample(self, phase: Any, server_round: int, grid: Grid) -> list[int]:
@@ -194,39 +200,38 @@ class ZOSeed(Screened, FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         pairs = self.cfg.zo.local_steps * self.cfg.zo.num_directions
-        buffers = records.pack_arrays(self._buffers()) if self._buffers() else None
+        buffers = pack_arrays(self._buffers()) if self._buffers() else None
         accepted = self._accept_train(
-            replies, lambda c: records.screen_zo_train_reply(c, pairs, self.explicit_seeds, buffers)
+            replies, lambda c: wire.screen_train_reply(c, pairs, self.explicit_seeds, buffers)
         )
         self._settle(accepted)
         good = [m for m in accepted if not m.has_error()]
-        entry = self._aggregate(server_round, good)
+        ups = {m.metadata.src_node_id: wire.decode_up(m.content) for m in good}  # arrival order
+        entry = self._aggregate(server_round, [ups[n] for n in sorted(ups)])  # fixed replay order
         self.history.append(entry)
         zo.replay_(self.params, entry.steps, self.cfg.zo.direction)
-        if good and buffers:
-            self._set_buffers(_average_buffers(good, self._buffers()))
+        if ups and buffers:
+            self._set_buffers(_average_buffers(list(ups.values()), self._buffers()))
         metrics = (
             self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
             if good else None
         )
-        return records.pack_arrays(self.model.state_dict()), metrics
+        return pack_arrays(self.model.state_dict()), metrics
 
-    def _aggregate(self, server_round: int, replies: list[Message]) -> zo.ZORound:
+    def _aggregate(self, server_round: int, ups: list[wire.ZOUplink]) -> zo.ZORound:
         """ḡ_{h,p} = Σ_k w_k g_{k,h,p}, w_k ∝ n_k (shared seeds); or every pair pre-weighted."""
         z, base = self.cfg.zo, self.seed_base(server_round)
-        if not replies:
+        if not ups:
             return zo.ZORound(server_round, base, ())
-        replies = sorted(replies, key=lambda m: m.metadata.src_node_id)  # a fixed replay order
-        n = np.asarray([float(m.content[records.METRICS][records.NUM_EXAMPLES]) for m in replies])
+        n = np.asarray([float(up.num_examples) for up in ups])
         weights = n / n.sum()  # (K,)
-        unpacked = [records.unpack_zo_steps(m.content) for m in replies]
-        scalars = np.stack([s for s, _ in unpacked]).astype(np.float64)  # (K, H·P)
+        scalars = np.stack([up.scalars for up in ups]).astype(np.float64)  # (K, H·P)
         lr, p = self.lr(server_round), z.num_directions
         steps = []
         for h in range(z.local_steps):
             cols = slice(h * p, (h + 1) * p)
             if self.explicit_seeds:
-                seeds = [int(x) for _, s in unpacked for x in s[cols]]  # type: ignore[index]
+                seeds = [int(x) for up in ups if up.seeds is not None for x in up.seeds[cols]]
                 grads = (weights[:, None] * scalars[:, cols]).astype(np.float32).ravel()  # (K·P,)
             else:
                 seeds = zo.step_seeds(base, h, p)
@@ -256,15 +261,26 @@ class ZOSeed(Screened, FedAvg):
 
 
 def _average_buffers(
-    replies: list[Message], reference: dict[str, torch.Tensor]
+    ups: list[wire.ZOUplink], reference: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """FedAvg of the BatchNorm buffers (weighted by examples; integer counters rounded)."""
-    n = np.asarray([float(m.content[records.METRICS][records.NUM_EXAMPLES]) for m in replies])
+    n = np.asarray([float(up.num_examples) for up in ups])
     weights = n / n.sum()
-    received = [records.unpack_arrays(m.content, records.ZO_BUFFERS) for m in replies]
+    received = [up.buffers or {} for up in ups]
     out = {}
     for key, ref in reference.items():
         stacked = np.stack([r[key].numpy() for r in received]).astype(np.float64)  # (K, *shape)
         mean = np.tensordot(weights, stacked, axes=1)
         out[key] = torch.as_tensor(np.rint(mean) if not ref.is_floating_point() else mean).to(ref.dtype)
     return out
+
+
+def _no_momentum(cfg: AppConfig) -> str | None:
+    if cfg.zo.momentum > 0:
+        return ("zo.momentum must be 0 with strategy 'zo-seed' (replaying (seed, scalar) "
+                "pairs cannot rebuild a momentum buffer)")
+    return None
+
+
+CARD = StrategyCard("zo-seed", ZOSeed.from_config, frozenset({"zo"}), default_trainer="zo",
+                    checks=(_no_momentum,))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench.flwr_cli import FlwrCli
-from bench.inprocess import default_run_config
+from fedapp.harness import default_run_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -10,7 +10,6 @@ from conftest import ROOT, pyproject_run_config
 
 from clients import TRAINERS
 from fedapp.config import (
-    ACCEPTS,
     ConfigError,
     StrategyName,
     TrainerName,
@@ -20,7 +19,7 @@ from fedapp.config import (
     unflatten,
 )
 from fedapp.task import seeding
-from strategies import STRATEGIES
+from strategies import STRATEGIES, card_for
 
 PRESETS = sorted((ROOT / "fedapp" / "presets").glob("*.toml"))
 
@@ -37,7 +36,7 @@ def test_presets_validate(preset: Path) -> None:
         overrides = tomllib.load(f)
     defaults = pyproject_run_config()
     assert set(overrides) <= set(defaults), "presets may only set keys that pyproject defines"
-    load_config({**defaults, **overrides})
+    card_for(load_config({**defaults, **overrides}))
 
 
 @pytest.mark.parametrize(
@@ -81,7 +80,7 @@ def test_cross_field_rules() -> None:
     with pytest.raises(ConfigError, match="needs data.path"):
         load_config({**base, "data.dataset": "local"})
     with pytest.raises(ConfigError, match="model.clients = 'cnn,mlp' .* strategy 'fedavg'"):
-        load_config({**base, "model.clients": "cnn,mlp"})
+        card_for(load_config({**base, "model.clients": "cnn,mlp"}))
     with pytest.raises(ConfigError, match="model.clients.*unknown model"):
         load_config({**base, "strategy": "fedzge", "model.clients": "0:vgg"})
 
@@ -107,7 +106,9 @@ def test_node_config() -> None:
 
 
 def test_registries_match_schema() -> None:
-    assert set(STRATEGIES) == set(literal_values(StrategyName)) == set(ACCEPTS)
+    assert set(STRATEGIES) == set(literal_values(StrategyName))
     assert set(TRAINERS) == set(literal_values(TrainerName))
-    for strategy, trainers in ACCEPTS.items():
-        assert trainers, strategy
+    for name, card in STRATEGIES.items():
+        assert card.name == name and card.default_trainer in card.trainers
+        assert card.trainers <= set(TRAINERS) | {"mixed"}, name
+        assert bool(card.client_models) == card.heterogeneous, name

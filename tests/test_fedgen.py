@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from clients.base import FitPlan
+from clients.fedgen import draw_counts, fedgen_loss
 from clients.fo import FirstOrderTrainer
-from clients.regularizers import draw_counts, fedgen_loss
-from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from fedapp.task.data import Arrays
@@ -37,6 +36,8 @@ from fedapp.task.fedgen import (
 )
 from fedapp.task.models import MODELS, ImageSpec, build_model
 from fedapp.task.seeding import torch_generator
+from fedapp.wire import fedgen as fedgen_wire
+from fedapp.wire.common import CLIENT_INFO, INFO_TRAINER, decode_client_info
 from strategies import build_strategy
 
 CPU = torch.device("cpu")
@@ -215,8 +216,8 @@ def fedgen_cfg(run_config: dict) -> dict:
     }
 
 
-def run(cfg: dict, num_nodes: int = 3) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes)
+def run(cfg: dict, num_nodes: int = 3) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -225,14 +226,14 @@ def test_fedgen_rounds_send_the_generator_from_round_two(fedgen_cfg: dict) -> No
     grid, out = run(fedgen_cfg)
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
     first, second = train[:3], train[3:]
-    assert all(records.GENERATOR not in m.content.array_records for m in first)
-    assert all(records.FEDGEN_ALPHA not in m.content["config"] for m in first)
+    assert all(fedgen_wire.GENERATOR not in m.content.array_records for m in first)
+    assert all(fedgen_wire.FEDGEN_ALPHA not in m.content["config"] for m in first)
     for m in second:
         config = m.content["config"]
-        assert config[records.FEDGEN_ALPHA] == pytest.approx(10.0 * 0.98)
-        assert config[records.FEDGEN_BETA] == pytest.approx(10.0 * 0.98)
-        assert list(config[records.FEDGEN_LABELS]) == list(range(10))  # iid: every label seen
-        assert records.GENERATOR in m.content.array_records
+        assert config[fedgen_wire.FEDGEN_ALPHA] == pytest.approx(10.0 * 0.98)
+        assert config[fedgen_wire.FEDGEN_BETA] == pytest.approx(10.0 * 0.98)
+        assert list(config[fedgen_wire.FEDGEN_LABELS]) == list(range(10))  # iid: every label seen
+        assert fedgen_wire.GENERATOR in m.content.array_records
     rows = read_rounds(out)
     assert all(r["rejected"] == 0 and r["clients"] == 3 for r in rows[1:])
     assert rows[2]["bytes-down"] > rows[1]["bytes-down"]  # the generator travels from round 2
@@ -244,7 +245,7 @@ def test_fedgen_replies_pass_fedavg_validation(fedgen_cfg: dict) -> None:
     replies = [m.content for m in grid.received if m.metadata.message_type == "train"]
     assert len(replies) == 6
     validate_message_reply_consistency(replies, "num-examples", check_arrayrecord=True)
-    assert all(records.label_counts(c) is not None for c in replies)
+    assert all(decode_client_info(c) is not None for c in replies)
 
 
 def test_generator_state_is_checkpointed_and_restores(fedgen_cfg: dict) -> None:
@@ -266,8 +267,8 @@ def test_round_draws_report_official_draw_counts(fedgen_cfg: dict) -> None:
     train = [m for m in grid.received if m.metadata.message_type == "train"]
     assert len(train) == 3
     for m in train:
-        counts = records.label_counts(m.content)
-        assert counts is not None and sum(counts) == 10 + 20 * 32  # 1 each + 20 steps of 32
+        info = decode_client_info(m.content)
+        assert info is not None and sum(info.label_counts) == 10 + 20 * 32  # 1 each + 20 steps of 32
 
 
 def test_mixed_fo_zo_federation_runs_fedgen(fedgen_cfg: dict) -> None:
@@ -275,9 +276,9 @@ def test_mixed_fo_zo_federation_runs_fedgen(fedgen_cfg: dict) -> None:
     cfg = {**fedgen_cfg, "client.trainer": "mixed", "client.zo-fraction": 0.5, "zo.local-steps": 5}
     grid, out = run(cfg, num_nodes=4)
     replies = [m.content for m in grid.received if m.metadata.message_type == "train"]
-    trainers = [c[records.CLIENT_INFO][records.INFO_TRAINER] for c in replies]
+    trainers = [c[CLIENT_INFO][INFO_TRAINER] for c in replies]
     assert sorted(set(trainers)) == ["fo", "zo"]
-    zo_round2 = [c for c in replies[4:] if c[records.CLIENT_INFO][records.INFO_TRAINER] == "zo"]
+    zo_round2 = [c for c in replies[4:] if c[CLIENT_INFO][INFO_TRAINER] == "zo"]
     assert zo_round2 and all(c["metrics"]["backward-passes"] == 0 for c in zo_round2)
     rows = read_rounds(out)
     assert all(r["rejected"] == 0 and r["clients"] == 4 for r in rows[1:])

@@ -1,18 +1,27 @@
-"""FedVTC through the in-process FakeGrid: phases, privacy of classifiers, screening, state."""
+"""FedVTC through the in-process InProcessGrid: phases, privacy of classifiers, screening, state."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
-from test_strategies import run
+from test_fedavg import run
 
-from fedapp import records
 from fedapp.config import load_config
 from fedapp.results import read_rounds
 from fedapp.task.models import ImageSpec
 from fedapp.task.stats import FeatureStats
 from fedapp.task.vtc import VTCDecoder
+from fedapp.wire import fedvtc as wire
+from fedapp.wire.common import (
+    CLIENT_INFO,
+    INFO_MODEL,
+    METRICS,
+    TRAIN_METRICS,
+    content_bytes,
+    load_state,
+    save_state,
+)
 from strategies.fedvtc import FedVTC
 
 torch.set_num_threads(1)  # the shared CI box: one thread is fastest under contention
@@ -49,20 +58,20 @@ def test_a_run_shares_statistics_and_decoders_but_never_a_classifier(vtc: dict) 
     for msg in grid.sent + grid.received:
         types.add(msg.metadata.message_type)
         for name, record in msg.content.array_records.items():
-            allowed = decoder_keys if name == records.VTC_DECODER else set(records.STATS_KEYS)
-            assert name in {records.VTC_STATS, records.VTC_GLOBAL_STATS, records.VTC_DECODER}
+            allowed = decoder_keys if name == wire.VTC_DECODER else set(wire.STATS_KEYS)
+            assert name in {wire.VTC_STATS, wire.VTC_GLOBAL_STATS, wire.VTC_DECODER}
             assert set(record) <= allowed, (msg.metadata.message_type, name)
     assert types == {"train.stats", "train.decoder", "train.finetune", "evaluate.vtc"}
     # bytes are what was sent and received
     assert sum(r["bytes-up"] for r in rows) == sum(
-        records.content_bytes(m.content) for m in grid.received)
+        content_bytes(m.content) for m in grid.received)
     saved = torch.load(out / "model.pt", weights_only=False)
     assert saved["strategy"]["round"] == 3
     assert saved["strategy"]["global_stats"]["mean"].shape == (10, 64)
     assert set(saved["strategy"]["decoder"]) == decoder_keys
     states = grid.contexts[100].state.config_records
-    assert {records.VTC_STATE_CLASSIFIER, records.VTC_STATE_DECODER,
-            records.VTC_STATE_DECODER_OPT} <= set(states)
+    assert {wire.VTC_STATE_CLASSIFIER, wire.VTC_STATE_DECODER,
+            wire.VTC_STATE_DECODER_OPT} <= set(states)
 
 
 def test_statistics_only_run_with_nan_client_rejects_it_and_sends_no_decoder(vtc: dict) -> None:
@@ -72,7 +81,7 @@ def test_statistics_only_run_with_nan_client_rejects_it_and_sends_no_decoder(vtc
     rows = read_rounds(out)
     for r in rows[1:]:
         assert (r["clients"], r["rejected"]) == (2, 1)
-    assert all(records.VTC_DECODER not in m.content for m in grid.sent + grid.received)
+    assert all(wire.VTC_DECODER not in m.content for m in grid.sent + grid.received)
     assert rows[-1]["bytes-down"] < 40_000  # statistics only: a few KiB per message
 
 
@@ -82,16 +91,16 @@ def uniform_stats(c: int, p: int) -> FeatureStats:
 
 def test_wrong_shaped_or_negative_statistics_are_rejected() -> None:
     reply = RecordDict({
-        records.VTC_STATS: records.pack_stats(uniform_stats(3, 4)),
-        records.METRICS: MetricRecord({k: 1 for k in records.TRAIN_METRICS}),
-        records.CLIENT_INFO: ConfigRecord({records.INFO_MODEL: "m"}),
+        wire.VTC_STATS: wire.pack_stats(uniform_stats(3, 4)),
+        METRICS: MetricRecord({k: 1 for k in TRAIN_METRICS}),
+        CLIENT_INFO: ConfigRecord({INFO_MODEL: "m"}),
     })
-    assert records.screen_stats_reply(reply, 3, 4) is None
-    assert "expected float32[3, 5]" in str(records.screen_stats_reply(reply, 3, 5))
+    assert wire.screen_stats_reply(reply, 3, 4) is None
+    assert "expected float32[3, 5]" in str(wire.screen_stats_reply(reply, 3, 5))
     negative = uniform_stats(3, 4)
     negative.var[0, 0] = -1.0
-    reply[records.VTC_STATS] = records.pack_stats(negative)
-    assert "negative" in str(records.screen_stats_reply(reply, 3, 4))
+    reply[wire.VTC_STATS] = wire.pack_stats(negative)
+    assert "negative" in str(wire.screen_stats_reply(reply, 3, 4))
 
 
 def test_strategy_state_round_trips(vtc: dict) -> None:
@@ -111,10 +120,10 @@ def test_node_state_helpers_keep_model_and_optimizer_states() -> None:
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
     state = RecordDict()
-    assert records.load_state(state, "x") is None
-    records.save_state(state, "m", model.state_dict())
-    records.save_state(state, "o", opt.state_dict())
-    torch.testing.assert_close(records.load_state(state, "m")["weight"], model.weight.detach())
+    assert load_state(state, "x") is None
+    save_state(state, "m", model.state_dict())
+    save_state(state, "o", opt.state_dict())
+    torch.testing.assert_close(load_state(state, "m")["weight"], model.weight.detach())
     again = torch.optim.Adam(model.parameters())
-    again.load_state_dict(records.load_state(state, "o"))
+    again.load_state_dict(load_state(state, "o"))
     assert again.state_dict()["state"][0]["step"] == 1

@@ -1,4 +1,4 @@
-"""FedZGE through the in-process FakeGrid: rounds, wire contract, failures, checkpoints."""
+"""FedZGE through the in-process InProcessGrid: rounds, wire contract, failures, checkpoints."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import FakeGrid
 from flwr.app import Context, Message, RecordDict
 
-from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import ConfigError, load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 from fedapp.task.data import load_server_test
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
+from fedapp.wire import fedzge as wire
+from fedapp.wire.common import config_message, load_state, pack_arrays
+from strategies import card_for
 from strategies.fedzge import FedZGE
 
 MODELS = "0:fedgen-cnn,1:mlp,2:cnn"
@@ -45,8 +47,8 @@ def small(run_config: dict) -> dict:
     }
 
 
-def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes, **grid_kwargs)
+def run(cfg: dict, num_nodes: int = 3, **grid_kwargs) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes, **grid_kwargs)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -71,7 +73,7 @@ def test_full_rounds_with_three_architectures(small: dict) -> None:
         assert len(of_type(grid.sent, kind)) == 6, kind
     # each node kept its own architecture in its context state
     shapes = {
-        pid: records.load_state(grid.contexts[100 + pid].state, records.FEDZGE_MODEL)
+        pid: load_state(grid.contexts[100 + pid].state, wire.FEDZGE_MODEL)
         for pid in range(3)
     }
     spec = load_server_test(load_config(small).data, small["seed"])[1]
@@ -99,7 +101,7 @@ def test_best_on_val_reports_the_round_the_validation_split_picks(small: dict) -
     assert selected["rule"] == "best_on_val" and selected["round"] == best["round"]
     assert selected["accuracy"] == best["accuracy"]  # the test accuracy of that round, not the max
     with pytest.raises(ConfigError, match="best_on_val' needs data.val-size > 0"):
-        load_config({**small, "fedzge.select": "best_on_val"})
+        card_for(load_config({**small, "fedzge.select": "best_on_val"}))
 
 
 def test_no_client_weights_ever_leave_a_client(small: dict) -> None:
@@ -112,11 +114,11 @@ def test_no_client_weights_ever_leave_a_client(small: dict) -> None:
     for msg in grid.sent + grid.received:
         assert not msg.has_error()
         for name, record in msg.content.array_records.items():
-            assert name in (records.INPUTS, records.OUTPUTS), name
-            assert set(record) <= records.FEDZGE_WIRE_ARRAYS, (name, list(record))
+            assert name in (wire.INPUTS, wire.OUTPUTS), name
+            assert set(record) <= wire.FEDZGE_WIRE_ARRAYS, (name, list(record))
             assert not set(record) & weight_keys
     ups = [set(m.content.array_records) for m in grid.received]
-    assert all(a <= {records.OUTPUTS} for a in ups)
+    assert all(a <= {wire.OUTPUTS} for a in ups)
 
 
 def test_seed_transport_equals_tensor_transport_at_a_fraction_of_the_downlink(
@@ -153,14 +155,14 @@ def test_a_round_without_answers_is_skipped_and_changes_nothing(small: dict) -> 
     cfg = {**small, "num-server-rounds": 1}
     strategy = FedZGE.from_config(load_config(cfg))
     drop = lambda m: m.metadata.message_type == "query.logits"
-    grid = FakeGrid(client_app, cfg, 3, drop=drop)
+    grid = InProcessGrid(client_app, cfg, 3, drop=drop)
     generator = {k: v.clone() for k, v in strategy.generator.state_dict().items()}
-    arrays = records.pack_arrays(strategy.server_model.state_dict())
+    arrays = pack_arrays(strategy.server_model.state_dict())
     out = strategy.run_round(grid, 1, arrays)
     assert out is arrays
     for k, v in strategy.generator.state_dict().items():
         assert torch.equal(v, generator[k]), k
-    ledger = strategy.close_round()
+    ledger = strategy.ledger
     assert ledger.extra["skipped"] == 1.0 and ledger.clients == 0 and ledger.failed == 3
     assert not of_type(grid.sent, "train.distill")
 
@@ -168,8 +170,8 @@ def test_a_round_without_answers_is_skipped_and_changes_nothing(small: dict) -> 
 def test_state_dict_round_trips(small: dict) -> None:
     cfg = load_config({**small, "num-server-rounds": 1})
     a = FedZGE.from_config(cfg)
-    grid = FakeGrid(client_app, {**small, "num-server-rounds": 1}, 3)
-    a.run_round(grid, 1, records.pack_arrays(a.server_model.state_dict()))
+    grid = InProcessGrid(client_app, {**small, "num-server-rounds": 1}, 3)
+    a.run_round(grid, 1, pack_arrays(a.server_model.state_dict()))
     b = FedZGE.from_config(cfg)
     b.load_state_dict(a.state_dict())
     assert b.round == 1
@@ -179,22 +181,22 @@ def test_state_dict_round_trips(small: dict) -> None:
 
 
 def test_handlers_keep_the_model_private_and_reject_a_distill_without_query(small: dict) -> None:
-    grid = FakeGrid(client_app, small, 1)
+    grid = InProcessGrid(client_app, small, 1)
     ctx = grid.contexts[100]
-    local = grid.create_message(records.pack_round(1), "train.local", 100, "1")
+    local = grid.create_message(config_message(1), "train.local", 100, "1")
     (reply,) = grid.send_and_receive([local])
     assert not reply.has_error() and not reply.content.array_records
-    assert records.load_state(ctx.state, records.FEDZGE_MODEL) is not None
-    soft = records.pack_distill(1, torch.zeros(4, 10), 5.0, 1)
+    assert load_state(ctx.state, wire.FEDZGE_MODEL) is not None
+    soft = wire.encode_distill(wire.DistillDown(1, torch.zeros(4, 10), 5.0, 1))
     (bad,) = grid.send_and_receive([grid.create_message(soft, "train.distill", 100, "1")])
     assert bad.has_error() and "without that round's query" in bad.error.reason
 
 
 def test_node_config_model_wins_over_the_run_config_mapping(small: dict) -> None:
-    grid = FakeGrid(client_app, small, 2, node_config=lambda i: {"model": "cnn"} if i == 1 else {})
-    messages = [grid.create_message(records.pack_round(1), "train.local", n, "1") for n in (100, 101)]
+    grid = InProcessGrid(client_app, small, 2, node_config=lambda i: {"model": "cnn"} if i == 1 else {})
+    messages = [grid.create_message(config_message(1), "train.local", n, "1") for n in (100, 101)]
     assert not any(r.has_error() for r in grid.send_and_receive(messages))
     spec = load_server_test(load_config(small).data, small["seed"])[1]
     for node, name in ((100, "fedgen-cnn"), (101, "cnn")):  # mapping says 1:mlp; node config cnn
-        state = records.load_state(grid.contexts[node].state, records.FEDZGE_MODEL)
+        state = load_state(grid.contexts[node].state, wire.FEDZGE_MODEL)
         assert set(state) == set(build_model(name, spec).state_dict()), node

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.distill import query_answer
+from clients.fedzge import query_answer
 from fedapp.config import ModelConfig, parse_model_map
 from fedapp.task import fedzge as zge
 from fedapp.task.models import ImageSpec, build_model
@@ -27,7 +27,7 @@ def test_generator_adapts_to_the_dataset_and_matches_the_official_size() -> None
         assert x.shape == (6, spec.channels, spec.height, spec.width)
         assert float(x.detach().abs().max()) <= 1.0  # tanh output, as officially
     n_params = sum(p.numel() for p in zge.ImageGenerator(CIFAR).parameters())
-    assert abs(n_params - 2.04e6) < 0.01e6  # SPEC §3.1: ≈ 2.04 M
+    assert abs(n_params - 2.04e6) < 0.01e6  # docs/strategies/fedzge.md (Architectures): ≈ 2.04 M
     with pytest.raises(ValueError, match="divisible by 4"):
         zge.ImageGenerator(ImageSpec(1, 30, 30, 10))
 

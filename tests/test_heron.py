@@ -1,4 +1,4 @@
-"""HERON-SFL server through the in-process FakeGrid: wire contract, update order, checkpoint."""
+"""HERON-SFL server through the in-process InProcessGrid: wire contract, update order, checkpoint."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ from typing import Any
 
 import pytest
 import torch
-from fakes import FakeGrid
-from flwr.app import Array, ConfigRecord, Context, RecordDict
+from flwr.app import Array, Context, RecordDict
 
-from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
+from fedapp.wire import split as wire
+from fedapp.wire.common import (
+    CONFIG,
+    SERVER_ROUND,
+    SMOOTHING,
+    ClientInfo,
+    TrainMetrics,
+)
 from strategies.heron import HeronSFL
 
 
@@ -33,8 +40,8 @@ def heron(run_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(cfg: dict[str, Any], num_nodes: int = 3) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(client_app, cfg, num_nodes)
+def run(cfg: dict[str, Any], num_nodes: int = 3) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(client_app, cfg, num_nodes)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -60,27 +67,29 @@ def test_no_gradients_or_back_end_ever_go_to_clients(heron: dict[str, Any]) -> N
     cfg = load_config(heron)
     strategy = HeronSFL(cfg)
     front_keys, aux_keys = set(strategy.parts.front.state_dict()), set(strategy.parts.aux.state_dict())
-    sent = [m for m in grid.sent if m.metadata.message_type == records.TRAIN_SPLIT]
+    sent = [m for m in grid.sent if m.metadata.message_type == wire.TRAIN_SPLIT]
     assert len(sent) == 3
     for msg in sent:
         arrays = msg.content.array_records
-        assert set(arrays) == {records.FRONT, records.AUX}
-        assert set(arrays[records.FRONT]) == front_keys and set(arrays[records.AUX]) == aux_keys
-        assert set(msg.content.config_records[records.CONFIG]) == {
-            records.SERVER_ROUND, records.LOCAL_STEPS, records.UPLOAD_EVERY, records.SMOOTHING,
-            records.LR,
+        assert set(arrays) == {wire.FRONT, wire.AUX}
+        assert set(arrays[wire.FRONT]) == front_keys and set(arrays[wire.AUX]) == aux_keys
+        assert set(msg.content.config_records[CONFIG]) == {
+            SERVER_ROUND, wire.LOCAL_STEPS, wire.UPLOAD_EVERY, SMOOTHING,
+            wire.LR,
         }
-    assert not any(m.metadata.message_type != records.TRAIN_SPLIT for m in grid.sent)
+    assert not any(m.metadata.message_type != wire.TRAIN_SPLIT for m in grid.sent)
+
+
+ONES = wire.SplitMetrics(TrainMetrics(1, 1, 1, 1, 1, 1), 1, 1, 1, 1)
 
 
 def fake_reply(pid: int, cut_shape: tuple[int, ...], strategy: HeronSFL) -> RecordDict:
     gen = torch.Generator().manual_seed(pid)
     acts = torch.randn(20, *cut_shape, generator=gen)  # two uploads of 10
     labels = torch.randint(0, 10, (20,), generator=gen)
-    metrics = {k: 1 for k in records.SPLIT_METRICS}
-    return records.pack_split_reply(
+    return wire.encode_up(
         strategy.parts.front.state_dict(), strategy.parts.aux.state_dict(), acts, labels,
-        [10, 10], metrics, records.client_info(pid, "split-zo", "fedgen-cnn", [2] * 10),
+        [10, 10], ONES, ClientInfo(pid, "split-zo", "fedgen-cnn", [2] * 10),
     )
 
 
@@ -93,7 +102,7 @@ def test_server_updates_are_sequential_in_partition_order(heron: dict[str, Any])
     for arrival in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
         strategy = HeronSFL(cfg)
         # Execute: the phase sorts by partition id before stepping θ_s
-        strategy._train_back_end(strategy._in_client_order([replies[p] for p in arrival]))
+        strategy._train_back_end(strategy._in_client_order([wire.decode_up(replies[p]) for p in arrival]))
         assert strategy.server_order == [0, 1, 2]
         assert strategy.ledger.extra["server-steps"] == 6
         results.append(strategy.parts.back.state_dict())
@@ -102,7 +111,7 @@ def test_server_updates_are_sequential_in_partition_order(heron: dict[str, Any])
         assert all(torch.equal(results[0][k], other[k]) for k in results[0])
     # ... and the order matters: stepping 2, 1, 0 gives another θ_s
     strategy = HeronSFL(cfg)
-    strategy._train_back_end([(p, replies[p]) for p in (2, 1, 0)])
+    strategy._train_back_end([wire.decode_up(replies[p]) for p in (2, 1, 0)])
     reversed_state = strategy.parts.back.state_dict()
     assert not all(torch.equal(results[0][k], reversed_state[k]) for k in reversed_state)
 
@@ -111,7 +120,7 @@ def test_checkpoint_state_round_trips(heron: dict[str, Any]) -> None:
     cfg = load_config(heron)
     a = HeronSFL(cfg)
     reply = fake_reply(0, a.parts.cut_shape, a)
-    a._train_back_end(a._in_client_order([reply]))
+    a._train_back_end(a._in_client_order([wire.decode_up(reply)]))
     b = HeronSFL(cfg)
     b.load_state_dict(a.state_dict())
     for key, value in a.parts.back.state_dict().items():
@@ -139,15 +148,14 @@ def test_bad_activations_are_screened(heron: dict[str, Any], mutate: Any, reason
     cfg = load_config(heron)
     s = HeronSFL(cfg)
     acts, labels = mutate(torch.zeros(4, *s.parts.cut_shape), torch.zeros(4, dtype=torch.int64))
-    content = records.pack_split_reply(
-        s.parts.front.state_dict(), s.parts.aux.state_dict(), acts, labels, [4],
-        {k: 1 for k in records.SPLIT_METRICS},
-        records.client_info(0, "split-zo", "fedgen-cnn", [1] * 10),
+    content = wire.encode_up(
+        s.parts.front.state_dict(), s.parts.aux.state_dict(), acts, labels, [4], ONES,
+        ClientInfo(0, "split-zo", "fedgen-cnn", [1] * 10),
     )
-    if acts.dtype == torch.float64:  # pack_split_reply casts; forge the wire dtype directly
-        content.array_records[records.ACTIVATIONS][records.ACTS] = Array(acts.numpy())
-    sent = records.pack_split_message(s.parts.front.state_dict(), s.parts.aux.state_dict(), ConfigRecord())
-    found = records.screen_split_reply(
-        content, sent[records.FRONT], sent[records.AUX], s.parts.cut_shape, s.spec.num_classes
-    )
+    if acts.dtype == torch.float64:  # encode_up casts; forge the wire dtype directly
+        content.array_records[wire.ACTIVATIONS][wire.ACTS] = Array(acts.numpy())
+    sent = wire.encode_down(wire.SplitDown(
+        1, 0, 1, 1e-3, 1e-3, s.parts.front.state_dict(), s.parts.aux.state_dict()
+    ))
+    found = wire.screen_up(content, sent, s.parts.cut_shape, s.spec.num_classes)
     assert found is not None and reason in found

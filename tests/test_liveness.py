@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 
 from fedapp.client_app import app as client_app
 from fedapp.config import TimeoutsConfig
+from fedapp.harness import InProcessGrid
 from fedapp.liveness import LivenessGrid, NodesUnavailable
 from fedapp.results import read_rounds
 from fedapp.server_app import main
 
 
-class TimeoutRecordingGrid(FakeGrid):
+class TimeoutRecordingGrid(InProcessGrid):
     """Remembers the timeout of every ``send_and_receive`` by message category."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -35,7 +35,7 @@ def timeouts(**values: float) -> TimeoutsConfig:
     return TimeoutsConfig.model_validate(base | values)
 
 
-def serve(cfg: dict[str, Any], grid: FakeGrid) -> Path:
+def serve(cfg: dict[str, Any], grid: InProcessGrid) -> Path:
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -57,7 +57,7 @@ def test_too_few_nodes_fail_the_run_with_a_clear_error(small: dict[str, Any]) ->
     cfg = {**small, "server.min-available-nodes": 4, "timeouts.min-nodes": 1.0}
     t0 = time.monotonic()
     with pytest.raises(NodesUnavailable, match=r"only 3 of the 4 nodes .* for 1 s"):
-        serve(cfg, FakeGrid(client_app, cfg, 3))
+        serve(cfg, InProcessGrid(client_app, cfg, 3))
     assert time.monotonic() - t0 < 10
     assert not (Path(cfg["output-dir"]) / cfg["run-name"] / "metrics.jsonl").exists()
 
@@ -65,7 +65,7 @@ def test_too_few_nodes_fail_the_run_with_a_clear_error(small: dict[str, Any]) ->
 def test_the_wait_resets_when_nodes_come_back() -> None:
     now = [0.0]
     online = [[1, 2], [1, 2], [1, 2, 3], [1, 2], [1, 2]]
-    inner = FakeGrid(client_app, {}, 0)
+    inner = InProcessGrid(client_app, {}, 0)
     inner.get_node_ids = lambda: online.pop(0)  # type: ignore[method-assign]
     grid = LivenessGrid(inner, timeouts(**{"min-nodes": 10.0}), 3, clock=lambda: now[0])
     for t in (0.0, 8.0, 9.0, 15.0):  # short since 0, back at 9, short again from 15
@@ -79,6 +79,6 @@ def test_the_wait_resets_when_nodes_come_back() -> None:
 def test_a_silent_node_is_counted_as_failed_and_the_round_completes(small: dict[str, Any]) -> None:
     silent = lambda m: m.metadata.dst_node_id == 102  # never answers, in both phases
     cfg = {**small, "timeouts.train": 3.0}
-    out = serve(cfg, FakeGrid(client_app, cfg, 3, drop=silent))
+    out = serve(cfg, InProcessGrid(client_app, cfg, 3, drop=silent))
     row = read_rounds(out)[1]
     assert (row["clients"], row["failed"]) == (2, 2)  # its train and evaluate replies

@@ -15,7 +15,8 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_fedgen_cnn_matches_official_size() -> None:
-    # SPEC §2.1: 26,434 parameters on MNIST (1x28x28, 10 classes), latent 32
+    # docs/strategies/fedgen.md (Architectures): 26,434 parameters on MNIST (1x28x28, 10
+    # classes), latent 32
     model = build_model("fedgen-cnn", ImageSpec(1, 28, 28, 10))
     assert n_params(model) == 26_434
     assert model.latent_dim == 32

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 import torch
-from fakes import FakeGrid
 from flwr.app import Context, Message, RecordDict
 
-from fedapp import records
 from fedapp.checkpoint import CHECKPOINT_NAME
 from fedapp.client_app import app as client_app
 from fedapp.config import ConfigError
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
+from fedapp.wire.common import SERVER_ROUND
 
 TIMING = ("wall-s", "elapsed-s", "train-phase-s", "evaluate-phase-s")
 
@@ -31,7 +31,7 @@ class Crash(Exception):
     """Stands in for the ServerApp process dying."""
 
 
-class CrashingGrid(FakeGrid):
+class CrashingGrid(InProcessGrid):
     """Raises on the ``crash_at``-th ``send_and_receive`` call (1-based)."""
 
     def __init__(self, *args: Any, crash_at: int, **kwargs: Any) -> None:
@@ -45,7 +45,7 @@ class CrashingGrid(FakeGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-def serve(cfg: dict[str, Any], grid: FakeGrid) -> Path:
+def serve(cfg: dict[str, Any], grid: InProcessGrid) -> Path:
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -60,9 +60,9 @@ def config_without_output_dir(run: Path) -> dict[str, Any]:
     return saved
 
 
-def rounds_sent(grid: FakeGrid) -> list[int]:
+def rounds_sent(grid: InProcessGrid) -> list[int]:
     return [
-        int(m.content["config"][records.SERVER_ROUND])
+        int(m.content["config"][SERVER_ROUND])
         for m in grid.sent
         if m.metadata.message_type == "train"
     ]
@@ -83,14 +83,14 @@ def small(run_config: dict[str, Any]) -> dict[str, Any]:
 def test_killed_run_resumes_to_identical_results(small: dict[str, Any], tmp_path: Path) -> None:
     # Prepare: an uninterrupted reference run, and a run that dies in round 3's training
     ref_cfg = {**small, "output-dir": str(tmp_path / "ref")}
-    ref = serve(ref_cfg, FakeGrid(client_app, ref_cfg, 3))
+    ref = serve(ref_cfg, InProcessGrid(client_app, ref_cfg, 3))
     crash = CrashingGrid(client_app, small, 3, crash_at=5)  # calls: r1 train, r1 eval, r2 ..., r3 train
     with pytest.raises(Crash):
         serve(small, crash)
     out = Path(small["output-dir"]) / small["run-name"]
     assert [r["round"] for r in read_rounds(out)] == [0, 1, 2]
     # Execute: resume on fresh nodes (deployment starts a new ClientApp process per message)
-    again = FakeGrid(client_app, {**small, "resume": True}, 3)
+    again = InProcessGrid(client_app, {**small, "resume": True}, 3)
     serve({**small, "resume": True}, again)
     # Assert: rounds 3 only were run, with their true numbers; results equal the reference
     assert set(rounds_sent(again)) == {3}
@@ -106,39 +106,39 @@ def test_killed_run_resumes_to_identical_results(small: dict[str, Any], tmp_path
 
 
 def test_resume_from_a_path_with_more_rounds(small: dict[str, Any], tmp_path: Path) -> None:
-    first = serve({**small, "num-server-rounds": 1}, FakeGrid(client_app, small, 3))
+    first = serve({**small, "num-server-rounds": 1}, InProcessGrid(client_app, small, 3))
     cfg = {**small, "num-server-rounds": 2, "run-name": "longer", "resume": str(first)}
-    grid = FakeGrid(client_app, cfg, 3)
+    grid = InProcessGrid(client_app, cfg, 3)
     out = serve(cfg, grid)
     assert [r["round"] for r in read_rounds(out)] == [0, 1, 2]
     assert set(rounds_sent(grid)) == {2}
 
 
 def test_resuming_a_finished_run_runs_no_round(small: dict[str, Any]) -> None:
-    out = serve(small, FakeGrid(client_app, small, 3))
+    out = serve(small, InProcessGrid(client_app, small, 3))
     before = untimed(read_rounds(out))
-    grid = FakeGrid(client_app, {**small, "resume": True}, 3)
+    grid = InProcessGrid(client_app, {**small, "resume": True}, 3)
     serve({**small, "resume": True}, grid)
     assert grid.sent == [] and untimed(read_rounds(out)) == before
 
 
 def test_resume_refuses_a_different_experiment(small: dict[str, Any]) -> None:
-    serve({**small, "num-server-rounds": 1}, FakeGrid(client_app, small, 3))
+    serve({**small, "num-server-rounds": 1}, InProcessGrid(client_app, small, 3))
     cfg = {**small, "resume": True, "client.lr": 0.2}
     with pytest.raises(ConfigError, match=r"differs from the checkpoint's in client"):
-        serve(cfg, FakeGrid(client_app, cfg, 3))
+        serve(cfg, InProcessGrid(client_app, cfg, 3))
 
 
 def test_resume_without_a_checkpoint_says_so(small: dict[str, Any]) -> None:
     cfg = {**small, "resume": True}
     with pytest.raises(ConfigError, match="no checkpoint at"):
-        serve(cfg, FakeGrid(client_app, cfg, 3))
+        serve(cfg, InProcessGrid(client_app, cfg, 3))
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(
     small: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = serve({**small, "num-server-rounds": 1}, FakeGrid(client_app, small, 3))
+    out = serve({**small, "num-server-rounds": 1}, InProcessGrid(client_app, small, 3))
     good = (out / CHECKPOINT_NAME).read_bytes()
 
     real_replace = os.replace
@@ -151,14 +151,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(
     monkeypatch.setattr(os, "replace", die_on_checkpoint)
     cfg = {**small, "num-server-rounds": 2, "resume": True}
     with pytest.raises(Crash):
-        serve(cfg, FakeGrid(client_app, cfg, 3))
+        serve(cfg, InProcessGrid(client_app, cfg, 3))
     assert (out / CHECKPOINT_NAME).read_bytes() == good
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_error_replies_do_not_break_resume(small: dict[str, Any]) -> None:
     drop: Any = lambda m: isinstance(m, Message) and m.metadata.dst_node_id == 101
-    serve({**small, "num-server-rounds": 1}, FakeGrid(client_app, small, 3, drop=drop))
+    serve({**small, "num-server-rounds": 1}, InProcessGrid(client_app, small, 3, drop=drop))
     cfg = {**small, "num-server-rounds": 2, "resume": True}
-    out = serve(cfg, FakeGrid(client_app, cfg, 3))
+    out = serve(cfg, InProcessGrid(client_app, cfg, 3))
     assert [r["round"] for r in read_rounds(out)] == [0, 1, 2]

@@ -1,4 +1,4 @@
-"""Split models (HERON-SFL, SPEC §4): front + back is the unsplit model, exactly."""
+"""Split models (HERON-SFL, docs/strategies/heron-sfl.md): front + back is the unsplit model."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def test_front_and_back_state_dicts_partition_the_model(name: str) -> None:
 
 
 def test_resnet18_imagenet_default_cut_is_the_papers_stem() -> None:
-    # SPEC §4.4: conv7x7 s2 (3->64), BN, ReLU, maxpool, conv3x3 64->64, BN, ReLU:
+    # docs/strategies/heron-sfl.md (Hyperparameters): conv7x7 s2 (3->64), BN, ReLU, maxpool,
+    # conv3x3 64->64, BN, ReLU:
     # 46,528 parameters and a 64x8x8 output on 32x32 inputs; aux = Linear(4096 -> C)
     parts = build_split("resnet18-imagenet", CIFAR)
     assert parts.cut == DEFAULT_CUTS["resnet18-imagenet"] == 7

@@ -1,22 +1,35 @@
-"""zo-seed through the in-process FakeGrid: scalars up, history down, replicas equal the server's."""
+"""zo-seed through the in-process InProcessGrid: scalars up, history down, replicas equal the server's."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from fakes import FakeGrid
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedapp import records
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
+from fedapp.harness import InProcessGrid
 from fedapp.results import read_rounds
 from fedapp.server_app import main
+from fedapp.task import zo
 from fedapp.task.models import build_model
+from fedapp.wire import zo_seed as wire
+from fedapp.wire.common import (
+    CLIENT_INFO,
+    INFO_PARTITION,
+    INFO_TRAINER,
+    METRICS,
+    SERVER_ROUND,
+    ClientInfo,
+    TrainMetrics,
+    pack_arrays,
+    round_config,
+)
 from strategies import build_strategy
 
 
@@ -35,8 +48,8 @@ def zo_cfg(run_config: dict) -> dict:
     }
 
 
-def run(cfg: dict, num_nodes: int = 3, app: Any = client_app, **kw: Any) -> tuple[FakeGrid, Path]:
-    grid = FakeGrid(app, cfg, num_nodes, **kw)
+def run(cfg: dict, num_nodes: int = 3, app: Any = client_app, **kw: Any) -> tuple[InProcessGrid, Path]:
+    grid = InProcessGrid(app, cfg, num_nodes, **kw)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     return grid, Path(cfg["output-dir"]) / cfg["run-name"]
 
@@ -49,21 +62,21 @@ def param_names(cfg: dict) -> set[str]:
     return {n for n, _ in build_model(app_cfg.model.name, spec).named_parameters()}
 
 
-def assert_replicas_match_server(grid: FakeGrid, out: Path, nodes: list[int]) -> None:
+def assert_replicas_match_server(grid: InProcessGrid, out: Path, nodes: list[int]) -> None:
     server = torch.load(out / "model.pt", weights_only=False)["state_dict"]
     for node in nodes:
-        replica, synced = records.load_zo_replica(grid.contexts[node].state)  # type: ignore[misc]
+        replica, synced = wire.load_replica(grid.contexts[node].state)  # type: ignore[misc]
         assert synced == 4  # holds θ^4: the model after round 3's aggregation
         for key, value in server.items():
             assert torch.equal(replica[key], value), (node, key)  # bitwise, same device type
 
 
-def no_parameter_crosses_the_wire(grid: FakeGrid, names: set[str]) -> None:
+def no_parameter_crosses_the_wire(grid: InProcessGrid, names: set[str]) -> None:
     for msg in grid.sent + grid.received:
         if msg.has_error():
             continue
         for key, record in msg.content.array_records.items():
-            assert key != records.ZO_MODEL, "bootstrap happened"
+            assert key != wire.ZO_MODEL, "bootstrap happened"
             assert not (set(record) & names), (key, sorted(set(record) & names))
 
 
@@ -74,33 +87,33 @@ def test_zo_seed_round_trip(zo_cfg: dict) -> None:
     assert all((r["clients"], r["rejected"], r["failed"]) == (3, 0, 0) for r in rows[1:])
     no_parameter_crosses_the_wire(grid, param_names(zo_cfg))
     assert_replicas_match_server(grid, out, [100, 101, 102])
-    train = [m for m in grid.sent if m.metadata.message_type == records.TRAIN_SEEDS]
+    train = [m for m in grid.sent if m.metadata.message_type == wire.TRAIN_SEEDS]
     assert len(train) == 9
-    up = [m for m in grid.received if m.metadata.message_type == records.TRAIN_SEEDS]
-    assert all(records.unpack_zo_steps(m.content)[0].shape == (8,) for m in up)  # H·P scalars
+    up = [m for m in grid.received if m.metadata.message_type == wire.TRAIN_SEEDS]
+    assert all(wire.decode_up(m.content).scalars.shape == (8,) for m in up)  # H·P scalars
     assert all(r["bytes-up"] / 3 < 2048 for r in rows[1:])  # per client per round
-    metrics = [m.content[records.METRICS] for m in up]
+    metrics = [m.content[METRICS] for m in up]
     assert all(m["backward-passes"] == 0 and m["forward-passes"] == 4 * 2 * 2 for m in metrics)
-    assert rows[-1]["loss"] != rows[0]["loss"]  # the replica moved (learning: test_zo_trainer)
+    assert rows[-1]["loss"] != rows[0]["loss"]  # the replica moved (learning: test_trainer_zo)
 
 
 def test_missed_rounds_are_caught_up_by_replay(zo_cfg: dict) -> None:
     # node 102 misses rounds 1-2 (train and evaluate): a late joiner, it replays from θ^1
-    late = lambda m: m.metadata.dst_node_id == 102 and records.round_config(m.content)[records.SERVER_ROUND] < 3
+    late = lambda m: m.metadata.dst_node_id == 102 and round_config(m.content)[SERVER_ROUND] < 3
     grid, out = run({**zo_cfg, "zo.seed-source": "client"}, drop=late)
     rows = read_rounds(out)
     assert [r["clients"] for r in rows[1:]] == [2, 2, 3]
     history = [m for m in grid.sent if m.metadata.dst_node_id == 102
-               and m.metadata.message_type == records.TRAIN_SEEDS][-1]
-    assert [r.round for r in records.unpack_zo_history(history.content[records.ZO_HISTORY])] == [1, 2]
+               and m.metadata.message_type == wire.TRAIN_SEEDS][-1]
+    assert [r.round for r in wire.unpack_history(history.content[wire.ZO_HISTORY])] == [1, 2]
     no_parameter_crosses_the_wire(grid, param_names(zo_cfg))
     assert_replicas_match_server(grid, out, [100, 101, 102])
 
 
 def test_bootstrap_beyond_the_catch_up_limit(zo_cfg: dict) -> None:
-    late = lambda m: m.metadata.dst_node_id == 102 and records.round_config(m.content)[records.SERVER_ROUND] < 3
+    late = lambda m: m.metadata.dst_node_id == 102 and round_config(m.content)[SERVER_ROUND] < 3
     grid, out = run({**zo_cfg, "zo.catchup-max-rounds": 1}, drop=late)
-    boots = [m for m in grid.sent if records.ZO_MODEL in m.content.array_records]
+    boots = [m for m in grid.sent if wire.ZO_MODEL in m.content.array_records]
     assert boots and {m.metadata.dst_node_id for m in boots} == {102}
     assert_replicas_match_server(grid, out, [100, 101, 102])
 
@@ -108,11 +121,11 @@ def test_bootstrap_beyond_the_catch_up_limit(zo_cfg: dict) -> None:
 def corrupting(kind: str) -> Any:
     def app(msg: Message, ctx: Context) -> Message:
         reply = client_app(msg, ctx)
-        if ctx.node_id == 101 and msg.metadata.message_type == records.TRAIN_SEEDS:
-            steps = reply.content[records.ZO_STEPS]
+        if ctx.node_id == 101 and msg.metadata.message_type == wire.TRAIN_SEEDS:
+            steps = reply.content[wire.ZO_STEPS]
             scalars = steps["scalars"].numpy().copy()
             scalars = np.append(scalars, 1.0).astype(np.float32) if kind == "length" else scalars * np.nan
-            reply.content[records.ZO_STEPS] = ArrayRecord({"scalars": Array(scalars)})
+            reply.content[wire.ZO_STEPS] = ArrayRecord({"scalars": Array(scalars)})
         return reply
     return app
 
@@ -146,8 +159,8 @@ def test_mixed_fedavg_federation(run_config: dict) -> None:
     kinds = {}
     for m in grid.received:
         if m.metadata.message_type == "train":
-            info, met = m.content[records.CLIENT_INFO], m.content[records.METRICS]
-            kinds[info[records.INFO_PARTITION]] = (info[records.INFO_TRAINER], met["backward-passes"])
+            info, met = m.content[CLIENT_INFO], m.content[METRICS]
+            kinds[info[INFO_PARTITION]] = (info[INFO_TRAINER], met["backward-passes"])
     assert kinds[0][0] == kinds[1][0] == "zo" and kinds[2][0] == kinds[3][0] == "fo"
     assert kinds[0][1] == 0 and kinds[2][1] > 0
 
@@ -161,12 +174,43 @@ def test_pretrained_start_reaches_each_node_once_by_bootstrap(zo_cfg: dict) -> N
     pretrained = initial_model(strategy.cfg, strategy.spec)  # type: ignore[attr-defined]
     with torch.no_grad():
         next(pretrained.parameters()).add_(0.1)  # not the shared-seed init any more
-    grid = FakeGrid(client_app, zo_cfg, 3)
-    strategy.start(grid=grid, initial_arrays=records.pack_arrays(pretrained.state_dict()),
+    grid = InProcessGrid(client_app, zo_cfg, 3)
+    strategy.start(grid=grid, initial_arrays=pack_arrays(pretrained.state_dict()),
                    num_rounds=2, train_config=ConfigRecord(), evaluate_config=ConfigRecord())
-    boots = [m.metadata.dst_node_id for m in grid.sent if records.ZO_MODEL in m.content.array_records]
+    boots = [m.metadata.dst_node_id for m in grid.sent if wire.ZO_MODEL in m.content.array_records]
     assert sorted(boots) == [100, 101, 102]  # once per node, then replay only
     server = strategy.model.state_dict()  # type: ignore[attr-defined]
     for node in (100, 101, 102):
-        replica, _ = records.load_zo_replica(grid.contexts[node].state)  # type: ignore[misc]
+        replica, _ = wire.load_replica(grid.contexts[node].state)  # type: ignore[misc]
         assert all(torch.equal(replica[k], v) for k, v in server.items())
+
+
+def test_aggregate_train_averages_scalars_per_seed_by_examples(zo_cfg: dict) -> None:
+    # Prepare: H = 4 steps of P = 2 directions; node 100 (1 example) uploads all 1s,
+    # node 101 (3 examples) all 5s; shared seeds, so pair h·P + p carries the same seed
+    cfg = {**zo_cfg, "zo.sync-buffers": False}
+    strategy = build_strategy(load_config(cfg))
+    grid = InProcessGrid(client_app, cfg, num_nodes=2)  # clients are never called
+    initial = pack_arrays(strategy.model.state_dict())  # the shared-seed θ^1: nothing to adopt
+    sent = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
+    metrics = TrainMetrics(1, 0.5, 16, 0, 1.0, 0.1)
+
+    def reply(node: int, value: float, examples: int) -> Message:
+        steps = tuple(zo.ZOStep((0, 0), (value, value), 1e-3, 2) for _ in range(4))
+        content = wire.encode_train_reply(
+            steps, False, None, dataclasses.replace(metrics, num_examples=examples),
+            ClientInfo(node - 100, "zo", "fedgen-cnn", [examples]),
+        )
+        return Message(content, reply_to=next(m for m in sent if m.metadata.dst_node_id == node))
+
+    before = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, [reply(101, 5.0, 3), reply(100, 1.0, 1)])
+    # Assert: ḡ = (1·1 + 3·5) / 4 = 4 for every pair, seeds from the round's base, model moved
+    (entry,) = strategy.history
+    assert entry.round == 1 and len(entry.steps) == 4
+    for h, step in enumerate(entry.steps):
+        assert step.grads == (4.0, 4.0)
+        assert list(step.seeds) == zo.step_seeds(strategy.seed_base(1), h, 2)
+    assert arrays is not None and strategy.ledger.clients == 2
+    assert any(not torch.equal(v, before[k]) for k, v in strategy.model.state_dict().items())

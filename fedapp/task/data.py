@@ -21,8 +21,6 @@ per message), keyed by everything that determines them.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -35,6 +33,7 @@ import torch
 from torch import Tensor
 
 from fedapp.config import DataConfig
+from fedapp.task.cache import ArrayCache, recipe
 from fedapp.task.models import ImageSpec
 from fedapp.task.partition import make_partitioner, partition_indices
 from fedapp.task.seeding import PURPOSE_PARTITION, derive_seed
@@ -258,49 +257,7 @@ def _split_local_test(arrays: Arrays, fraction: float, seed: int) -> tuple[Array
     return arrays.take(perm[n_test:]), arrays.take(perm[:n_test])
 
 
-class _Cache:
-    """In-process and on-disk (``.npz``) cache of loaded arrays, keyed by their recipe."""
-
-    def __init__(self) -> None:
-        self._memory: dict[str, dict[str, np.ndarray]] = {}
-
-    @staticmethod
-    def directory(cfg: DataConfig) -> Path:
-        if cfg.cache_dir:
-            return Path(cfg.cache_dir).expanduser()
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base) / "fedzg"
-
-    def get(
-        self, cfg: DataConfig, recipe: dict[str, object], build: Callable[[], dict[str, np.ndarray]]
-    ) -> dict[str, np.ndarray]:
-        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
-        if key in self._memory:
-            return self._memory[key]
-        path = self.directory(cfg) / f"{key}.npz"
-        try:
-            with np.load(path) as npz:
-                value = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError):
-            value = build()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, **value)
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
-        self._memory[key] = value
-        return value
-
-
-_CACHE = _Cache()
-
-
-def _recipe(cfg: DataConfig, seed: int, **extra: object) -> dict[str, object]:
-    recipe: dict[str, object] = {**cfg.model_dump(exclude={"cache_dir"}), "seed": seed, **extra}
-    for key in ("path", "test_path", "data_path"):
-        value = recipe.get(key)
-        if isinstance(value, str) and value and Path(value).exists():
-            recipe[f"{key}-mtime"] = Path(value).stat().st_mtime_ns
-    return recipe
+_CACHE = ArrayCache()
 
 
 def load_client_data(
@@ -345,10 +302,10 @@ def load_client_data(
         )
         return {"x": train.x, "y": train.y, "test_x": test.x, "test_y": test.y}
 
-    recipe = _recipe(
+    key = recipe(
         cfg, seed, partition_id=partition_id, num_partitions=num_partitions, data_path=data_path
     )
-    d = _CACHE.get(cfg, recipe, build)
+    d = _CACHE.get(cfg, key, build)
     train, test = Arrays(d["x"], d["y"]), Arrays(d["test_x"], d["test_y"])
     return ClientData(train, test, _spec(train.x, _num_classes(cfg, train, test)))
 
@@ -374,7 +331,7 @@ def load_server_test(cfg: DataConfig, seed: int) -> tuple[Arrays, ImageSpec]:
             _, _, test = _shuffled_pool(cfg, seed)
         return {"x": test.x, "y": test.y}
 
-    d = _CACHE.get(cfg, _recipe(cfg, seed, role="server-test"), build)
+    d = _CACHE.get(cfg, recipe(cfg, seed, role="server-test"), build)
     test = Arrays(d["x"], d["y"])
     return test, _spec(test.x, _num_classes(cfg, test))
 
@@ -392,7 +349,7 @@ def load_server_val(cfg: DataConfig, seed: int) -> Arrays | None:
         _, val, _ = _shuffled_pool(cfg, seed)
         return {"x": val.x, "y": val.y}
 
-    d = _CACHE.get(cfg, _recipe(cfg, seed, role="server-val"), build)
+    d = _CACHE.get(cfg, recipe(cfg, seed, role="server-val"), build)
     return Arrays(d["x"], d["y"])
 
 

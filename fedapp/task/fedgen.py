@@ -3,18 +3,18 @@
 Paper: Zhu, Hong, Zhou, "Data-Free Knowledge Distillation for Heterogeneous
 Federated Learning", ICML 2021, arXiv 2105.10056. Behaviour checked against the
 official code (zhuangdizhu/FedGen @ dd5807c: ``generator.py``,
-``serverpFedGen.py``, ``userpFedGen.py``); SPEC §2 is the project's reading.
+``serverpFedGen.py``, ``userpFedGen.py``); docs/strategies/fedgen.md is the project's reading.
 
 The server learns G_w(eps, y) -> z, a label-conditioned generator of *latent
 features* (inputs of the classifiers' last layer), such that the label-weighted
 ensemble of the fresh client heads classifies z as y (teacher loss), while a
 diversity loss keeps different noises apart. Clients then use G_w as a
-regulariser (:mod:`clients.regularizers`).
+regulariser (:mod:`clients.fedgen`).
 
-Deviations from the official code, each an option (SPEC §2.8):
+Deviations from the official code, each an option (docs/strategies/fedgen.md (Project decisions)):
 
-- G1 noise eps ~ N(0, I) by default (``uniform``: the official U[0, 1)).
-- G2 label counts from each client's training histogram by default
+- decision G1: noise eps ~ N(0, I) by default (``uniform``: the official U[0, 1)).
+- decision G2: label counts from each client's training histogram by default
   (``round-draws``: the official per-round draw counts, starting at 1); the
   qualified labels follow the counts' floor (``min_count``).
 
@@ -74,7 +74,7 @@ class LatentGenerator(nn.Module):
 def sample_noise(
     n: int, dim: int, kind: NoiseKind, gen: torch.Generator, device: torch.device
 ) -> Tensor:
-    """eps (n, dim): N(0, I) (``gaussian``, G1) or U[0, 1) (``uniform``, official).
+    """eps (n, dim): N(0, I) (``gaussian``, decision G1) or U[0, 1) (``uniform``, official).
 
     Drawn on the CPU from the private ``gen`` (never the global RNG), then moved.
     """
@@ -91,7 +91,9 @@ def sample_labels(
 
 
 def label_weights(counts: Tensor, min_count: int = 0) -> tuple[Tensor, list[int]]:
-    """alpha_k^y = c_k[y] / sum_j c_j[y] and the qualified labels Y_q (SPEC §2.3).
+    """alpha_k^y = c_k[y] / sum_j c_j[y] and the qualified labels Y_q.
+
+    docs/strategies/fedgen.md (Generator objective).
 
     Parameters
     ----------
@@ -185,7 +187,7 @@ class GeneratorLosses:
 
 @dataclass(frozen=True, slots=True)
 class GeneratorPlan:
-    """One round of generator training (SPEC §2.3 defaults in brackets)."""
+    """One round of generator training; docs/strategies/fedgen.md (Generator objective)."""
 
     steps: int  # Adam steps per round [50]
     batch_size: int  # B_g [32]
@@ -239,7 +241,10 @@ def regularization_weight(initial: float, decay: float, floor: float, t: int) ->
 
 @dataclass(frozen=True, slots=True)
 class RegularizerRound:
-    """What a FedGen ``train`` message tells a client (SPEC §2.2, §2.4)."""
+    """What a FedGen ``train`` message tells a client.
+
+    docs/strategies/fedgen.md (Round structure and wire; Client objective).
+    """
 
     generator: dict[str, Tensor]  # G_w's state dict, BatchNorm buffers included
     alpha: float  # alpha_t, weight of the CE on generated latents

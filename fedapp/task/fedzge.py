@@ -2,7 +2,7 @@
 
 Paper: Ma, Wang, Zhang, "Data-Free Black-Box Federated Learning via Zeroth-Order
 Gradient Estimation", AAAI 2025, arXiv 2503.06028; official code
-maxinge8698/FedZGE @ 2075064 (``generator.py``, ``server.py``). SPEC §3.
+maxinge8698/FedZGE @ 2075064 (``generator.py``, ``server.py``). docs/strategies/fedzge.md.
 
 The server never sees a client model: it sees only the logits clients return for a
 synthetic batch x = G(z, y) and its q perturbed copies x_j = x + ε·u_j. From those
@@ -33,15 +33,17 @@ ImageRange = Literal["tanh", "unit"]
 
 
 class ImageGenerator(nn.Module):
-    """Conditional image generator of the official ``generator.py`` (SPEC §3.1).
+    """Conditional image generator of the official ``generator.py``.
 
-    [Embedding(C, nz)(y) ; z] (2·nz) -> Linear -> (128, H/4, W/4) -> BN -> two
-    ConvT(k4 s2 p1) upsamplings with BN and LeakyReLU(0.2) -> Conv3x3 to the
-    dataset's channels -> BN -> tanh, so the images lie in [-1, 1] like the
-    official code's (``image_range = "tanh"``, SPEC §3.5 quirk 4), or, with
-    ``"unit"``, (tanh + 1)/2 in [0, 1] like the data the clients see. With nz = 100 and ngf = 64 on CIFAR-10
-    it has about 2.04 M parameters; channels and size follow ``spec`` (MNIST:
-    1x28x28 from a 7x7 seed). Height and width must be multiples of 4.
+    docs/strategies/fedzge.md (Architectures).
+
+    [Embedding(C, nz)(y) ; z] (2·nz) -> Linear -> (128, H/4, W/4) -> BN -> two ConvT(k4 s2 p1)
+    upsamplings with BN and LeakyReLU(0.2) -> Conv3x3 to the dataset's channels -> BN -> tanh,
+    so the images lie in [-1, 1] like the official code's (``image_range = "tanh"``,
+    docs/strategies/fedzge.md (Data, reference numbers, quirks) quirk 4), or, with ``"unit"``,
+    (tanh + 1)/2 in [0, 1] like the data the clients see. With nz = 100 and ngf = 64 on CIFAR-10
+    it has about 2.04 M parameters; channels and size follow ``spec`` (MNIST: 1x28x28 from a 7x7
+    seed). Height and width must be multiples of 4.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ def perturbed_queries(x: Tensor, u: Tensor, eps: float) -> Tensor:
     """x_j = x + ε·u_j for every direction: x (N, *x), u (q, N, *x) -> (q, N, *x).
 
     Server and clients both call this, so in ``seed`` transport a client rebuilds
-    bit for bit the batches the server would have sent (SPEC §3.6 Z3).
+    bit for bit the batches the server would have sent (decision Z3, docs/strategies/fedzge.md).
     """
     return x.unsqueeze(0) + eps * u
 
@@ -132,7 +134,10 @@ def answer_queries(
 
 
 def ensemble_weights(num_examples: Sequence[int]) -> Tensor:
-    """w_k = n_k / Σ n over the clients that answered (SPEC §3.2 step 4), float64 (K,)."""
+    """w_k = n_k / Σ n over the clients that answered, float64 (K,).
+
+    Step 4 of docs/strategies/fedzge.md (Round structure and wire).
+    """
     n = torch.tensor([float(v) for v in num_examples], dtype=torch.float64)
     if n.numel() == 0 or float(n.sum()) <= 0:
         raise ValueError("ensemble weights need at least one client with examples")
@@ -146,7 +151,7 @@ def ensemble_logits(logits: Sequence[Tensor], num_examples: Sequence[int]) -> Te
     return torch.einsum("k,k...->...", w, stacked).float()
 
 
-# -- generator loss (SPEC §3.3) -------------------------------------------------------------
+# -- generator loss: docs/strategies/fedzge.md (Generator loss and ZO estimator) ----------------
 
 
 def fidelity_per_sample(ensemble: Tensor, y: Tensor) -> Tensor:
@@ -181,7 +186,7 @@ def diversity_loss(x: Tensor, z: Tensor, image_dims: int = 3) -> Tensor:
     """L_div = exp(−mean_{i,j} D_x(i,j)·D_z(i,j)), D the per-pair mean squared distance.
 
     x (..., N, *img) with ``image_dims`` trailing image dims, z (N, nz) -> (...).
-    Differentiable in x (used exactly with Z4).
+    Differentiable in x (used exactly with decision Z4, docs/strategies/fedzge.md).
     """
     flat = x.flatten(-image_dims) if image_dims > 1 else x  # (..., N, D)
     return torch.exp(-(_pair_msd(flat) * _pair_msd(z)).mean(dim=(-2, -1)))
@@ -230,12 +235,13 @@ def generator_losses(
 ) -> Tensor:
     """L_G at x and at every x_j, from logits alone: float64 (1+q,), or (1+q, N).
 
-    ensemble, server: (1+q, N, C) logits of the ensemble and of f_S; batches
-    (1+q, N, *x) the images (row 0 is x). L_G = L_fid + β1·L_adv + β2·L_div + β3·L_info.
-    ``info_term = "official"`` reproduces quirk 2 of SPEC §3.5: the perturbed
-    batches' term uses the *unperturbed* marginal as reference, Σ p̄(x_j) log p̄(x);
-    ``"own"`` (Z2) uses each batch's own marginal. ``with_diversity = False``
-    drops β2·L_div (Z4: it is then differentiated exactly instead).
+    ensemble, server: (1+q, N, C) logits of the ensemble and of f_S; batches (1+q, N, *x) the
+    images (row 0 is x). L_G = L_fid + β1·L_adv + β2·L_div + β3·L_info.
+    ``info_term = "official"`` reproduces quirk 2 of docs/strategies/fedzge.md (Data, reference
+    numbers, quirks): the perturbed batches' term uses the *unperturbed* marginal as reference,
+    Σ p̄(x_j) log p̄(x); ``"own"`` (decision Z2) uses each batch's own marginal.
+    ``with_diversity = False`` drops β2·L_div (decision Z4: it is then differentiated exactly
+    instead).
 
     ``per_sample``: the fidelity and adversarial terms are means over samples whose
     logits depend on their own image only (eval mode), so sample i's share
@@ -258,7 +264,9 @@ def generator_losses(
 
 
 def zo_image_gradient(losses: Tensor, directions: Tensor, eps: float) -> Tensor:
-    """ĝ_x from L_G at x (losses[0]) and at x_j (losses[1:]): (N, *x), SPEC §3.3.
+    """ĝ_x from L_G at x (losses[0]) and at x_j (losses[1:]): (N, *x).
+
+    docs/strategies/fedzge.md (Generator loss and ZO estimator).
 
     ĝ_x = (1/N) Σ_j (d/q)·[L_G(x_j) − L_G(x)]/ε · u_j, d the size of one image; with
     per-sample losses (1+q, N) each sample's direction gets its own difference.
@@ -276,7 +284,7 @@ def generator_step(
 ) -> None:
     """Chain ĝ_x through G (x.backward(ĝ_x), a VJP) and take one optimiser step.
 
-    With ``latents`` (Z4), β2·∇_x L_div(x, z) from autograd is added to ĝ_x.
+    With ``latents`` (decision Z4), β2·∇_x L_div(x, z) from autograd is added to ĝ_x.
     ``x`` must still carry G's graph.
     """
     optimizer.zero_grad(set_to_none=True)
@@ -291,7 +299,10 @@ def generator_step(
 
 
 def kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """L_KD = T²·KL(σ(ℓ̄/T) ‖ σ(f/T)) (SPEC §3.2 steps 6 and 7): (N, C), (N, C) -> ()."""
+    """L_KD = T²·KL(σ(ℓ̄/T) ‖ σ(f/T)): (N, C), (N, C) -> ().
+
+    Steps 6 and 7 of docs/strategies/fedzge.md (Round structure and wire).
+    """
     return temperature**2 * kl_to(teacher, student, temperature)
 
 

@@ -73,7 +73,7 @@ class Meter:
 
 @dataclass(frozen=True, slots=True)
 class StepCost:
-    """FLOPs and peak memory of one local step (SPEC §7.3)."""
+    """FLOPs and peak memory of one local step (docs/evaluation.md (Metrics))."""
 
     flops: int  # torch.utils.flop_counter.FlopCounterMode total (matmuls and convolutions)
     peak_mem_mb: float  # live tensor memory at the step's peak, MiB
@@ -106,7 +106,7 @@ def step_cost(step: Callable[[], object], device: torch.device, resident_mb: flo
     CUDA: the allocator's peak after a reset (everything live on the device).
     CPU: ``resident_mb`` (what lives before the step: parameters, buffers,
     optimizer state, the batch) plus the PyTorch profiler's peak of the step's
-    own allocations net of frees, SPEC §7.3's "profiler memory accounting".
+    own allocations net of frees, docs/evaluation.md (Metrics)'s "profiler memory accounting".
     FLOPs come from ``FlopCounterMode``, which counts matrix multiplications and
     convolutions (forward and backward), not element-wise ops or RNG.
     """

@@ -13,12 +13,12 @@ and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
 - ``resnet18/34/50``: CIFAR-style ResNets (He et al., 2016) with a 3x3 stride-1
   stem and no max-pool, written here without torchvision.
 - ``resnet18-imagenet``: ResNet-18 with the ImageNet stem (7x7 s2 conv, max-pool)
-  arranged as HERON-SFL's client front (SPEC §4.4, [INFERRED]): the first 3x3
-  conv + BN + ReLU of stage 1 belongs to the stem, and the residual it skips
-  starts at its output, so no skip connection crosses the default cut.
-- ``vtc-cnn-0.5/1/1.5/2``: FedVTC's heterogeneous zoo (SPEC §5.2, our reading of
-  Niu, Dong, Qin, arXiv 2508.01669): one CNN design at four channel multipliers,
-  each projecting into the common latent space of size p = 64.
+  arranged as HERON-SFL's client front (docs/strategies/heron-sfl.md (Hyperparameters),
+  [INFERRED]): the first 3x3 conv + BN + ReLU of stage 1 belongs to the stem, and the residual
+  it skips starts at its output, so no skip connection crosses the default cut.
+- ``vtc-cnn-0.5/1/1.5/2``: FedVTC's heterogeneous zoo (docs/strategies/fedvtc.md (Our reading
+  of the paper), our reading of Niu, Dong, Qin, arXiv 2508.01669): one CNN design at four
+  channel multipliers, each projecting into the common latent space of size p = 64.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ class ResNet(SplitModel):
 class HalfBlock(nn.Module):
     """The rest of ResNet-18's first basic block once its first conv moved into the stem.
 
-    ``relu(bn(conv(h)) + h)``: the identity starts at the cut output h (SPEC §4.4).
+    ``relu(bn(conv(h)) + h)``: the identity starts at the cut output h
+    (docs/strategies/heron-sfl.md (Hyperparameters)).
     """
 
     def __init__(self, channels: int) -> None:
@@ -205,7 +206,9 @@ class HalfBlock(nn.Module):
 
 
 class ResNet18ImageNet(SplitModel):
-    """ResNet-18 with the ImageNet stem, cut-friendly for HERON-SFL (SPEC §4.4).
+    """ResNet-18 with the ImageNet stem, cut-friendly for HERON-SFL.
+
+    docs/strategies/heron-sfl.md (Hyperparameters).
 
     Layers 0-6 are the paper's client front: conv7x7 s2 (3->64), BN, ReLU,
     max-pool 3 s2, conv3x3 64->64, BN, ReLU (46,528 parameters; 64x8x8 on
@@ -266,7 +269,8 @@ class VTCCNN(SplitModel):
         self.latent_dim = latent_dim
 
 
-#: FedVTC's default zoo: the channel multipliers of SPEC §5.2.
+#: FedVTC's default zoo: the channel multipliers of docs/strategies/fedvtc.md (Our reading of
+#: the paper).
 VTC_ZOO = ("vtc-cnn-0.5", "vtc-cnn-1", "vtc-cnn-1.5", "vtc-cnn-2")
 
 ModelFactory = Callable[[ImageSpec], SplitModel]

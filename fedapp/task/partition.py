@@ -1,4 +1,6 @@
-"""Partitioning with flwr-datasets partitioners (SPEC §7.1) and label histograms.
+"""Partitioning with flwr-datasets partitioners, and label histograms.
+
+docs/evaluation.md (Dirichlet partition).
 
 The pool is partitioned by index: a tiny Hugging Face ``Dataset`` with only a
 ``label`` and an ``index`` column goes through the partitioner, so images never

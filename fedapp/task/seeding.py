@@ -1,4 +1,6 @@
-"""Derived seeds: one independent, reproducible stream per purpose (SPEC §7.2).
+"""Derived seeds: one independent, reproducible stream per purpose.
+
+docs/evaluation.md (Test sets and seeds).
 
 Library code never seeds the global RNGs; it derives a seed here and feeds a
 private ``torch.Generator`` or ``numpy.random.Generator``.

@@ -2,7 +2,7 @@
 
 Paper: Kou, Chen, Yang, Shen, "Lean Clients, Full Accuracy: Hybrid Zeroth- and
 First-Order Split Federated Learning", arXiv 2601.09076 (v1), §III-B and §IV
-(SPEC §4). CSE-FSL (Mu and Shen, 2023) uses the same three parts.
+(docs/strategies/heron-sfl.md). CSE-FSL (Mu and Shen, 2023) uses the same three parts.
 
 Any model of the zoo is a chain of layers (``feature_net`` then ``head``, with
 nested ``nn.Sequential`` flattened), so it can be cut after any layer:
@@ -12,14 +12,14 @@ nested ``nn.Sequential`` flattened), so it can be cut after any layer:
   has a local loss (training only, never used for inference);
 - the **back-end** θ_s is the rest, trained first-order on the server.
 
-Front and back keep the full model's parameter names, so their state dicts are
-disjoint and their union is the full model's state dict: the server evaluates
-``front + back`` with the unsplit model (SPEC §4.2 step 5).
+Front and back keep the full model's parameter names, so their state dicts are disjoint and
+their union is the full model's state dict: the server evaluates ``front + back`` with the
+unsplit model (docs/strategies/heron-sfl.md (Round structure and wire) step 5).
 
 Default cuts (``heron.cut-layer = 0``): ``resnet18-imagenet`` after the stem of
-SPEC §4.4 (conv7x7 s2, BN, ReLU, max-pool, conv3x3, BN, ReLU: 64x8x8 on 32x32
-inputs); ``fedgen-cnn`` and ``cnn`` after their convolutions; the CIFAR-style
-ResNets after their 3x3 stem; ``mlp`` after its hidden layer; any other model
+docs/strategies/heron-sfl.md (Hyperparameters) (conv7x7 s2, BN, ReLU, max-pool, conv3x3, BN,
+ReLU: 64x8x8 on 32x32 inputs); ``fedgen-cnn`` and ``cnn`` after their convolutions; the
+CIFAR-style ResNets after their 3x3 stem; ``mlp`` after its hidden layer; any other model
 halfway through its layer chain.
 """
 
@@ -118,9 +118,9 @@ class SplitParts:
 def aux_head(cut_shape: tuple[int, ...], num_classes: int, pool: AuxPool) -> nn.Sequential:
     """The client's auxiliary classifier: one linear layer on the cut activations.
 
-    ``flatten``: Linear(prod(cut_shape) -> C), SPEC §4.4's default (4096 -> C for
-    the ResNet-18 cut). ``avg``: global average pool first, Linear(channels -> C);
-    activations without spatial dims are flattened either way.
+    ``flatten``: Linear(prod(cut_shape) -> C), docs/strategies/heron-sfl.md (Hyperparameters)'s
+    default (4096 -> C for the ResNet-18 cut). ``avg``: global average pool first,
+    Linear(channels -> C); activations without spatial dims are flattened either way.
     """
     if pool == "avg" and len(cut_shape) == 3:
         return nn.Sequential(
@@ -175,7 +175,10 @@ def build_split(
 
 
 def aux_loss(parts: SplitParts, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """f_l = CE(a(c(x; θ_c); θ_a), y) (SPEC §4.1); returns (loss, cut activations (B, *cut))."""
+    """f_l = CE(a(c(x; θ_c); θ_a), y); returns (loss, cut activations (B, *cut)).
+
+    docs/strategies/heron-sfl.md (Losses and estimator).
+    """
     h = parts.front(x)
     return F.cross_entropy(parts.aux(h), y), h
 
@@ -196,7 +199,9 @@ def back_end_step(
 
 
 def uniform_average(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """θ = (1/N) Σ_i θ_i, key by key (SPEC §4.2 step 4: uniform, not sample-weighted).
+    """θ = (1/N) Σ_i θ_i, key by key: uniform, not sample-weighted.
+
+    Step 4 of docs/strategies/heron-sfl.md (Round structure and wire).
 
     Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded.
     """

@@ -1,10 +1,10 @@
 """Per-class feature statistics and their pooling (FedVTC, our reading of the paper).
 
-Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated
-Clients Using Generative Models", ICLR 2026, arXiv 2508.01669. Clients share
-per-class means and a dispersion of their latent features; the paper's abstract
-says "mean and covariance". Our reading (SPEC §5.2, decision V5): a diagonal
-variance per class, pooled on the server by the law of total variance.
+Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated Clients Using
+Generative Models", ICLR 2026, arXiv 2508.01669. Clients share per-class means and a dispersion
+of their latent features; the paper's abstract says "mean and covariance". Our reading
+(docs/strategies/fedvtc.md (Our reading of the paper), decision V5): a diagonal variance per
+class, pooled on the server by the law of total variance.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def class_stats(z: Tensor, y: Tensor, num_classes: int) -> FeatureStats:
 
 
 def pool_stats(parts: Sequence[FeatureStats]) -> FeatureStats:
-    """Merge clients' statistics by the law of total variance (SPEC §5.2, step 3).
+    """Merge clients' statistics by the law of total variance.
+
+    Step 3 of docs/strategies/fedvtc.md (Our reading of the paper).
 
     ``c^y = Σ_k n_k^y μ_k^y / n^y`` and
     ``σ_y² = Σ_k (n_k^y / n^y)·[s_k^y + (μ_k^y − c^y)²]`` with ``n^y = Σ_k n_k^y``:

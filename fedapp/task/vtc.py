@@ -1,14 +1,14 @@
 """FedVTC's variational transposed-convolution decoder and its losses (our reading of the paper).
 
-Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated
-Clients Using Generative Models", ICLR 2026, arXiv 2508.01669. No official code
-exists; the paper gives L_VTC = L_rec + D_KL + L_DM without formulas. This module
-is **our reading of the paper** (SPEC §5.2): a decoder ψ from the common p-dim
-latent to an image, latents ``v = z + σ ⊙ ε`` (reparameterisation with the global
-class dispersion), a KL term that pulls local features towards the global class
-Gaussians, and a distribution-matching (DM) term that keeps ψ faithful on
-*global* latents (``fedvtc.dm``: first moments, cycle or MMD; decision V6).
-Left out: a full covariance (``fedvtc.cov = diag`` only, decision V5).
+Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated Clients Using
+Generative Models", ICLR 2026, arXiv 2508.01669. No official code exists; the paper gives L_VTC
+= L_rec + D_KL + L_DM without formulas. This module is **our reading of the paper**
+(docs/strategies/fedvtc.md (Our reading of the paper)): a decoder ψ from the common p-dim latent
+to an image, latents ``v = z + σ ⊙ ε`` (reparameterisation with the global class dispersion), a
+KL term that pulls local features towards the global class Gaussians, and a
+distribution-matching (DM) term that keeps ψ faithful on *global* latents (``fedvtc.dm``: first
+moments, cycle or MMD; decision V6). Left out: a full covariance (``fedvtc.cov = diag`` only,
+decision V5).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from fedapp.task.stats import FeatureStats
 
 
 class VTCDecoder(nn.Module):
-    """ψ: (B, p) latents -> (B, C, H, W) images in [0, 1] (SPEC §5.2, identical on every client).
+    """ψ: (B, p) latents -> (B, C, H, W) images in [0, 1], identical on every client.
+
+    docs/strategies/fedvtc.md (Our reading of the paper).
 
     Linear p -> 64·(H/4)·(W/4), BN, ReLU; ConvT 64->32 (k4 s2 p1), BN, ReLU;
     ConvT 32->16 (k4 s2 p1), BN, ReLU; Conv3x3 16->C, sigmoid. Supports every
@@ -151,7 +153,7 @@ def dm_mmd(features: Tensor, v: Tensor, y: Tensor, stats: FeatureStats) -> Tenso
     return kernel(features, features).mean() + kernel(v, v).mean() - 2 * kernel(features, v).mean()
 
 
-#: ``fedvtc.dm`` -> distribution-matching loss (decision V6).
+#: ``fedvtc.dm`` -> distribution-matching loss (decision V6, docs/strategies/fedvtc.md).
 DM_LOSSES: dict[str, DMLoss] = {"mean": dm_mean, "cycle": dm_cycle, "mmd": dm_mmd}
 
 

@@ -1,4 +1,4 @@
-"""Zeroth-order building blocks shared by every ZO method (SPEC §1).
+"""Zeroth-order building blocks shared by every ZO method (docs/zeroth-order.md).
 
 Parameter perturbation (MeZO, Malladi et al., NeurIPS 2023, arXiv 2305.17333;
 used by the ``zo`` trainer, ``zo-seed`` and HERON-SFL) and input perturbation
@@ -8,7 +8,7 @@ used by the ``zo`` trainer, ``zo-seed`` and HERON-SFL) and input perturbation
   ``torch.Generator`` in float32, tensor by tensor in the canonical (named,
   trainable) parameter order, so one seed gives the same direction on every
   machine and the model is only ever perturbed in place.
-- Families (SPEC §1.1): ``gaussian`` v = z ~ N(0, I), c = 1; ``sphere``
+- Families (docs/zeroth-order.md (Estimators)): ``gaussian`` v = z ~ N(0, I), c = 1; ``sphere``
   v = z / ||z|| (norm taken jointly over all tensors), c = d.
 - A step is fully described by its ``(seed, projected gradient)`` pairs, so the
   local update, the server's aggregate update and replay all go through
@@ -50,7 +50,10 @@ def num_params(params: Sequence[Tensor]) -> int:
 
 
 def direction_constant(direction: Direction, dim: int) -> float:
-    """c of SPEC §1.1: 1 for ``gaussian``, d for ``sphere`` (unbiased for the ball-smoothed loss)."""
+    """c: 1 for ``gaussian``, d for ``sphere`` (unbiased for the ball-smoothed loss).
+
+    docs/zeroth-order.md (Estimators).
+    """
     return float(dim) if direction == "sphere" else 1.0
 
 
@@ -83,8 +86,9 @@ def estimate_tensors(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(param, ĝ_param)`` with ĝ = (c/P) Σ_p g_p v(seed_p), one tensor at a time.
 
-    The P generators advance in lock-step through the tensors, so the whole
-    estimate is never materialised (memory: one tensor-sized buffer, SPEC §1.2).
+    The P generators advance in lock-step through the tensors, so the whole estimate is never
+    materialised (memory: one tensor-sized buffer, docs/zeroth-order.md (Seeded in-place
+    perturbation)).
     """
     if len(seeds) != len(grads):
         raise ValueError(f"{len(seeds)} seeds but {len(grads)} projected gradients")
@@ -116,8 +120,9 @@ def sgd_step_(
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """BatchNorm keeps using batch statistics but stops updating its running ones (momentum 0).
 
-    SPEC §1.3: every forward of one estimate sees the same BN mode; only the first
-    (``central``) or clean (``forward``) forward may move the running statistics.
+    docs/zeroth-order.md (Consistency inside one estimate): every forward of one estimate sees
+    the same BN mode; only the first (``central``) or clean (``forward``) forward may move the
+    running statistics.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.num_batches_tracked) for m in bns]
@@ -133,7 +138,8 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
                 buf.copy_(count)
 
 
-#: The minibatch loss at the current parameters, reduced in float64 (SPEC §1.3).
+#: The minibatch loss at the current parameters, reduced in float64 (docs/zeroth-order.md
+#: (Consistency inside one estimate)).
 LossAt = Callable[[], float]
 
 
@@ -143,7 +149,9 @@ def projected_gradients(
     estimator: Estimator = "central", direction: Direction = "gaussian",
     model: nn.Module | None = None,
 ) -> tuple[list[float], float]:
-    """Two-point projected gradients g_p, one per seed (SPEC §1.1); θ is restored after each.
+    """Two-point projected gradients g_p, one per seed; θ is restored after each.
+
+    docs/zeroth-order.md (Estimators).
 
     ``forward``: g_p = [L(θ+μv_p) − L(θ)]/μ (P+1 forwards); ``central``:
     g_p = [L(θ+μv_p) − L(θ−μv_p)]/(2μ) (2P forwards). With ``model``, only the
@@ -181,8 +189,9 @@ def projected_gradients(
 def unit_directions(shape: Sequence[int], num_directions: int, seed: int) -> Tensor:
     """FedZGE's query directions: (q, N, *x) Gaussian, each sample's slice unit-normalised.
 
-    Drawn on the CPU in float32 from a private generator in (j, sample) order, so a
-    client given ``seed`` rebuilds exactly the directions the server used (SPEC §3.6 Z3).
+    Drawn on the CPU in float32 from a private generator in (j, sample) order, so a client given
+    ``seed`` rebuilds exactly the directions the server used (decision Z3,
+    docs/strategies/fedzge.md).
     """
     gen = _generator(seed)
     u = torch.randn((num_directions, *shape), generator=gen, dtype=torch.float32)  # (q, N, *x)
@@ -193,7 +202,9 @@ def unit_directions(shape: Sequence[int], num_directions: int, seed: int) -> Ten
 def input_gradient_estimate(
     losses: Tensor, base_loss: Tensor | float, u: Tensor, eps: float
 ) -> Tensor:
-    """FedZGE's ZO estimate of ∂L/∂x (SPEC §3.3): (1/N) Σ_j (d/q)·[L(x_j) − L(x)]/ε · u_j.
+    """FedZGE's ZO estimate of ∂L/∂x: (1/N) Σ_j (d/q)·[L(x_j) − L(x)]/ε · u_j.
+
+    docs/strategies/fedzge.md (Generator loss and ZO estimator).
 
     ``losses`` (q,) batch-level losses at x_j = x + ε·u_j; ``u`` (q, N, *x); d = dim of one sample.
     Losses (q, N) with ``base_loss`` (N,) give every sample its own coefficient: sample i's
@@ -210,7 +221,8 @@ def input_gradient_estimate(
     return torch.einsum("q,q...->...", coeff.to(u.dtype), u)
 
 
-# --- ZO-SGD steps as data: local updates, the server's aggregate and replay (SPEC §6.2-6.4) ---
+# --- ZO-SGD steps as data: local updates, the server's aggregate and replay ---
+# docs/strategies/zo-seed.md (Client step; Upload modes; Global model, catch-up, consistency)
 
 
 def trainable(model: nn.Module) -> list[Tensor]:
@@ -224,7 +236,9 @@ def decay_mask(params: Sequence[Tensor]) -> list[bool]:
 
 
 def step_seeds(seed_base: int, step: int, num_directions: int, salt: int | None = None) -> list[int]:
-    """The P perturbation seeds s_{t,h,p} of local step h (SPEC §6.3).
+    """The P perturbation seeds s_{t,h,p} of local step h.
+
+    docs/strategies/zo-seed.md (Upload modes).
 
     ``seed_base`` is the round's base seed (the server hands it out), so with
     ``salt=None`` every client uses the same seeds (``zo.seed-source = shared``);
@@ -236,7 +250,7 @@ def step_seeds(seed_base: int, step: int, num_directions: int, salt: int | None 
 
 @dataclass(frozen=True, slots=True)
 class ZOStep:
-    """One ZO-SGD step, fully described by data (SPEC §6.2).
+    """One ZO-SGD step, fully described by data (docs/strategies/zo-seed.md (Client step)).
 
     θ ← (1 − lr·λ)·θ on decayed tensors, then θ ← θ − lr·(c/P)·Σ_i g_i·v(s_i).
     ``len(seeds)`` is P for one client's step, or a multiple of P when the
@@ -269,7 +283,10 @@ def apply_step_(
 def replay_(
     params: Sequence[Tensor], steps: Iterable[ZOStep], direction: Direction = "gaussian"
 ) -> int:
-    """θ ← Replay(θ, steps) in order (SPEC §6.4); returns the number of steps applied."""
+    """θ ← Replay(θ, steps) in order; returns the number of steps applied.
+
+    docs/strategies/zo-seed.md (Global model, catch-up, consistency).
+    """
     count = 0
     for step in steps:
         apply_step_(params, step, direction)
@@ -279,7 +296,10 @@ def replay_(
 
 @dataclass(frozen=True, slots=True)
 class ZORound:
-    """One round of the ``zo-seed`` history: the server's aggregate steps θ^t → θ^{t+1} (SPEC §6.3)."""
+    """One round of the ``zo-seed`` history: the server's aggregate steps θ^t → θ^{t+1}.
+
+    docs/strategies/zo-seed.md (Upload modes).
+    """
 
     round: int  # t
     seed_base: int  # the base seed handed out for round t
@@ -291,7 +311,9 @@ def replay_rounds_(
     params: Sequence[Tensor], rounds: Iterable[ZORound], synced: int,
     direction: Direction = "gaussian",
 ) -> int:
-    """Catch a replica holding θ^synced up by replaying ``rounds`` (SPEC §6.4).
+    """Catch a replica holding θ^synced up by replaying ``rounds``.
+
+    docs/strategies/zo-seed.md (Global model, catch-up, consistency).
 
     Rounds before ``synced`` are already in the replica and are skipped; the rest
     must follow on without a gap. Returns the round whose model the replica now holds.
@@ -308,7 +330,10 @@ def replay_rounds_(
 
 
 class TensorAdam:
-    """Adam fed one ``(param, ĝ_param)`` pair at a time (SPEC §1.2, HERON-SFL H8).
+    """Adam fed one ``(param, ĝ_param)`` pair at a time (HERON-SFL's client optimizer).
+
+    docs/zeroth-order.md (Seeded in-place perturbation); decision H8,
+    docs/strategies/heron-sfl.md.
 
     Takes the pairs :func:`estimate_tensors` yields, so the ZO estimate is never
     materialised whole; the state is Adam's two moments per tensor, as in

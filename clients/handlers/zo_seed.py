@@ -1,30 +1,27 @@
-"""zo-seed clients (``train.seeds``, ``evaluate.seeds``).
-
-Contract in :class:`strategies.zo_seed.ZOSeed`.
-"""
+"""zo-seed clients (``train.seeds``, ``evaluate.seeds``); contract in :mod:`fedapp.wire.zo_seed`."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from flwr.app import Context, Message
 
-from clients import NodeSpec, ZerothOrderTrainer
-from fedapp import records
+from clients import whole_trainer
+from clients.base import NodeSpec
+from clients.handlers import common
+from clients.plans import zo_seed_plan
 from fedapp.config import AppConfig
-from fedapp.handlers import common
 from fedapp.task import zo
 from fedapp.task.data import ClientData
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
-from fedapp.task.partition import label_histogram
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
+from fedapp.wire import weights
+from fedapp.wire import zo_seed as wire
 
 
 def replica(
-    cfg: AppConfig, node: NodeSpec, data: ClientData, down: records.ZODownlink, context: Context
+    cfg: AppConfig, node: NodeSpec, data: ClientData, down: wire.ZODownlink, context: Context
 ) -> SplitModel:
-    """Catch this node's replica of the global model up to ``down.target_round`` (zo-seed).
+    """Catch this node's replica of the global model up to ``down.target_round``.
 
     From the stored replica (or θ^1, built from the shared init seed) by replaying the
     history; from ``zo-model`` only when the server bootstraps. Stored back in
@@ -36,7 +33,7 @@ def replica(
             f"this node has {node.trainer!r}, {node.model!r}"
         )
     model = build_model(node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
-    saved, synced = records.load_zo_replica(context.state), 1
+    saved, synced = wire.load_replica(context.state), 1
     if down.model is not None:
         model.load_state_dict(down.model)
         synced = down.target_round
@@ -48,31 +45,30 @@ def replica(
         raise ValueError(f"replica reached round {synced}, server expects {down.target_round}")
     if down.buffers:
         model.load_state_dict(down.buffers, strict=False)
-    records.save_zo_replica(context.state, model.state_dict(), synced)
+    wire.save_replica(context.state, model.state_dict(), synced)
     return model
 
 
 def train(msg: Message, context: Context) -> Message:
-    """zo-seed: catch up by replay, H ZO steps, reply scalars only (``strategies.zo_seed``)."""
+    """Catch up by replay, H ZO steps, reply scalars only (``strategies.zo_seed``)."""
     cfg, node, data = common.prepare(context)
-    down = records.unpack_zo_down(msg.content)
+    down = wire.decode_down(msg.content)
     model = replica(cfg, node, data, down, context)
-    plan = replace(common.fit_plan(cfg, node, msg), seed_base=down.seed_base, lr=down.lr)  # type: ignore[type-var]
-    trainer = ZerothOrderTrainer()
-    stats = trainer.fit(model, data.train, plan, node.device)
+    plan = zo_seed_plan(cfg, node, down.server_round, down.seed_base, down.lr)
+    stats = whole_trainer(node.trainer, wire.TRAIN_SEEDS).fit(model, data.train, plan, node.device)
     buffers = dict(model.named_buffers()) if cfg.zo.sync_buffers else None
-    reply = records.pack_zo_train_reply(
-        trainer.steps, cfg.zo.seed_source == "client", buffers, common.fit_metrics(stats),
-        node.partition_id, node.trainer, node.model,
-        label_histogram(data.train.y, data.spec.num_classes),
+    reply = wire.encode_train_reply(
+        stats.zo_steps, cfg.zo.seed_source == "client", buffers, common.train_metrics(stats),
+        common.client_info(node, data),
     )
     return Message(reply, reply_to=msg)
 
 
 def evaluate_replica(msg: Message, context: Context) -> Message:
-    """zo-seed: catch up by replay, then evaluate the replica on the local test split."""
+    """Catch up by replay, then evaluate the replica on the local test split."""
     cfg, node, data = common.prepare(context)
-    model = replica(cfg, node, data, records.unpack_zo_down(msg.content), context)
+    model = replica(cfg, node, data, wire.decode_down(msg.content), context)
     result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)
-    reply = records.pack_eval_reply(result.num_examples, result.loss, result.accuracy)
-    return Message(reply, reply_to=msg)
+    return Message(weights.encode_eval_reply(
+        weights.EvalUp(result.num_examples, result.loss, result.accuracy)
+    ), reply_to=msg)

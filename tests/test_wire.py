@@ -8,10 +8,20 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-from fedapp import records
 from fedapp.task.models import ImageSpec, build_model
+from fedapp.wire import weights
+from fedapp.wire.common import (
+    ARRAYS,
+    METRICS,
+    ClientInfo,
+    TrainMetrics,
+    content_bytes,
+    match_dtypes,
+    pack_arrays,
+    unpack_arrays,
+)
 
-METRICS = {
+TRAIN = {
     "num-examples": 10,
     "train-loss": 0.5,
     "forward-passes": 3,
@@ -24,12 +34,15 @@ METRICS = {
 @pytest.fixture
 def reference() -> ArrayRecord:
     model = build_model("fedgen-cnn", ImageSpec(1, 8, 8, 10), seed=0)
-    return records.pack_arrays(model.state_dict())
+    return pack_arrays(model.state_dict())
 
 
 def reply(arrays: ArrayRecord, **metric_overrides: object) -> RecordDict:
-    metrics = {**METRICS, **metric_overrides}
-    return records.pack_train_reply(arrays, metrics, 0, "fo", "fedgen-cnn", [1] * 10)
+    values = {**TRAIN, **metric_overrides}
+    metrics = TrainMetrics(*values.values())  # type: ignore[arg-type]
+    return weights.encode_train_reply(
+        arrays.to_torch_state_dict(), metrics, ClientInfo(0, "fo", "fedgen-cnn", [1] * 10)
+    )
 
 
 def with_array(ref: ArrayRecord, key: str, value: np.ndarray) -> ArrayRecord:
@@ -40,18 +53,18 @@ def with_array(ref: ArrayRecord, key: str, value: np.ndarray) -> ArrayRecord:
 
 def test_state_dict_round_trip(reference: ArrayRecord) -> None:
     model = build_model("fedgen-cnn", ImageSpec(1, 8, 8, 10), seed=0)
-    content = RecordDict({records.ARRAYS: reference})
-    restored = records.unpack_arrays(content)
+    content = RecordDict({ARRAYS: reference})
+    restored = unpack_arrays(content)
     for k, v in model.state_dict().items():
         assert torch.equal(restored[k], v) and restored[k].dtype == v.dtype
 
 
 def test_sound_replies_pass_screening_and_fedavg_validation(reference: ArrayRecord) -> None:
     replies = [reply(reference), reply(reference, **{"num-examples": 3})]
-    assert all(records.screen_train_reply(r, reference) is None for r in replies)
+    assert all(weights.screen_train_reply(r, reference) is None for r in replies)
     validate_message_reply_consistency(replies, "num-examples", check_arrayrecord=True)
-    evals = [records.pack_eval_reply(5, 0.3, 0.9)]
-    assert records.screen_eval_reply(evals[0]) is None
+    evals = [weights.encode_eval_reply(weights.EvalUp(5, 0.3, 0.9))]
+    assert weights.screen_eval_reply(evals[0]) is None
     validate_message_reply_consistency(evals, "num-examples", check_arrayrecord=False)
 
 
@@ -71,25 +84,25 @@ def _first_float(ref: ArrayRecord) -> tuple[str, np.ndarray]:
         (lambda r: reply(r, **{"train-loss": float("nan")}), "non-finite metrics ['train-loss']"),
         (lambda r: reply(r, **{"num-examples": 0}), "is not a positive scalar"),
         (
-            lambda r: RecordDict({records.ARRAYS: r, records.METRICS: MetricRecord({"num-examples": 1})}),
+            lambda r: RecordDict({ARRAYS: r, METRICS: MetricRecord({"num-examples": 1})}),
             "metric keys",
         ),
         (
             lambda r: RecordDict(
-                {"weights": r, records.METRICS: MetricRecord(METRICS), "x": ConfigRecord({"a": 1})}
+                {"weights": r, METRICS: MetricRecord(TRAIN), "x": ConfigRecord({"a": 1})}
             ),
             "array records ['weights']",
         ),
     ],
 )
 def test_crafted_bad_replies_are_rejected(reference: ArrayRecord, corrupt, reason: str) -> None:
-    why = records.screen_train_reply(corrupt(reference), reference)
+    why = weights.screen_train_reply(corrupt(reference), reference)
     assert why is not None and reason in why
 
 
 def test_match_dtypes_restores_integer_buffers(reference: ArrayRecord) -> None:
     averaged = ArrayRecord({k: Array(np.asarray(v.numpy().astype(np.float64))) for k, v in reference.items()})
-    fixed = records.match_dtypes(averaged, reference)
+    fixed = match_dtypes(averaged, reference)
     for k, v in reference.items():
         assert fixed[k].dtype == v.dtype and fixed[k].shape == v.shape
         np.testing.assert_array_equal(fixed[k].numpy(), v.numpy())
@@ -97,5 +110,5 @@ def test_match_dtypes_restores_integer_buffers(reference: ArrayRecord) -> None:
 
 def test_content_bytes_counts_array_payload(reference: ArrayRecord) -> None:
     payload = sum(v.numpy().nbytes for v in reference.values())
-    size = records.content_bytes(RecordDict({records.ARRAYS: reference}))
+    size = content_bytes(RecordDict({ARRAYS: reference}))
     assert payload <= size < payload + 256 * len(reference)  # data plus .npy header and key

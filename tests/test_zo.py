@@ -1,4 +1,4 @@
-"""The shared zeroth-order core (SPEC §1): seeded directions, estimators, updates, BN handling."""
+"""The shared zeroth-order core (docs/zeroth-order.md): directions, estimators, updates, BN."""
 
 from __future__ import annotations
 

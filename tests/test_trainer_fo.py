@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clients import resolve_node
 from clients.base import FitPlan
 from clients.fo import FirstOrderTrainer
+from clients.plans import resolve_node
 from fedapp.config import load_config, load_node_config
 from fedapp.task.data import Arrays
 from fedapp.task.evaluate import evaluate

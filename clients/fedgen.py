@@ -1,7 +1,7 @@
 """Strategy-supplied local objectives: FedGen's generator regulariser.
 
-FedGen (Zhu, Hong, Zhou, ICML 2021, arXiv 2105.10056; official
-``userpFedGen.py``; SPEC §2.4). With the server's latent generator G (frozen,
+FedGen (Zhu, Hong, Zhou, ICML 2021, arXiv 2105.10056; official ``userpFedGen.py``;
+docs/strategies/fedgen.md (Client objective)). With the server's latent generator G (frozen,
 eval mode) a client minimises, per minibatch (x, y) of size B,
 
     L = CE(f(x), y) + (B_gen / B) * alpha_t * L_gen + beta_t * L_lat
@@ -117,7 +117,8 @@ def draw_counts(data: Arrays, plan: FitPlan, num_classes: int) -> list[int]:
     return [int(c) for c in counts]
 
 
-#: ``fedgen.label-counts``: what a client reports as its label counts (SPEC §2.8, G2).
+#: ``fedgen.label-counts``: what a client reports as its label counts (decision G2,
+#: docs/strategies/fedgen.md).
 LABEL_COUNTS: dict[str, Callable[[Arrays, FitPlan, int], list[int]]] = {
     "histogram": lambda data, plan, num_classes: label_histogram(data.y, num_classes),
     "round-draws": draw_counts,

@@ -1,8 +1,8 @@
 """FedVTC client side on tensors: classifier, statistics, decoder, synthetic fine-tuning.
 
-Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated
-Clients Using Generative Models", ICLR 2026, arXiv 2508.01669. No official code
-exists; this is **our reading of the paper** (SPEC §5.2). Per round a client
+Paper: Niu, Dong, Qin, "Bridging Generalization Gap of Heterogeneous Federated Clients Using
+Generative Models", ICLR 2026, arXiv 2508.01669. No official code exists; this is **our reading
+of the paper** (docs/strategies/fedvtc.md (Our reading of the paper)). Per round a client
 
 1. trains its own classifier f_k = h_k ∘ g_k on real data with
    ``CE + λ_KL·KL(N(g_k(x), σ_y²) ‖ N(c^y, σ_y²))`` against last round's global
@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clients.base import FitPlan, FitStats, LossFn, local_loop, measured
-from clients.fo import make_optimizer
+from clients.base import FitPlan, FitStats, Trainer, local_loop
 from fedapp.task.data import Arrays, batches
 from fedapp.task.metering import Meter
 from fedapp.task.models import SplitModel
@@ -51,7 +50,7 @@ from fedapp.task.vtc import (
 class VTCPlan:
     """One FedVTC client round: the classifier's plan plus the VTC settings (``fedvtc.*``)."""
 
-    fit: FitPlan  # classifier: lr, batch size, epochs, data order
+    fit: FitPlan  # classifier: lr, batch size, epochs, data order, gradient clipping
     lambda_kl: float
     lambda_dm: float
     lambda_syn: float
@@ -63,7 +62,6 @@ class VTCPlan:
     mix_real: bool
     dm: str  # key of fedapp.task.vtc.DM_LOSSES
     noise_seed: int  # ε of the reparameterisation and the synthetic latents
-    max_grad_norm: float  # classifier steps (1 and 5) clip the gradient norm; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +81,9 @@ def train_classifier(
     plan: VTCPlan,
     global_stats: FeatureStats | None,
     device: torch.device,
+    trainer: Trainer,
 ) -> FitStats:
-    """Step 1: ``CE(h(g(x)), y) + λ_KL·mean Σ (g(x) − c^y)² / (2σ_y² + δ)``.
+    """Step 1: ``CE(h(g(x)), y) + λ_KL·mean Σ (g(x) − c^y)² / (2σ_y² + δ)`` with ``trainer``.
 
     Without global statistics (the first round) the loss is plain CE.
     """
@@ -97,7 +96,7 @@ def train_classifier(
             loss = loss + plan.lambda_kl * kl_to_class(z, y, stats, plan.delta)
         return loss
 
-    return _sgd(model, data, plan.fit, loss_fn, plan.max_grad_norm, device)
+    return trainer.fit(model, data, plan.fit, device, loss_fn)
 
 
 @torch.inference_mode()
@@ -173,6 +172,7 @@ def finetune(
     global_stats: FeatureStats,
     plan: VTCPlan,
     device: torch.device,
+    trainer: Trainer,
 ) -> FitStats:
     """Step 5: all of f_k on ``CE(f(x), y) + λ_syn·CE(f(x'), y')``, x' = ψ(v_g) under no-grad.
 
@@ -189,35 +189,7 @@ def finetune(
         return loss + F.cross_entropy(m(x), y) if plan.mix_real else loss
 
     ft_plan = dataclasses.replace(plan.fit, local_epochs=1, local_steps=plan.finetune_steps)
-    return _sgd(model, data, ft_plan, loss_fn, plan.max_grad_norm, device)
-
-
-def _sgd(
-    model: SplitModel,
-    data: Arrays,
-    plan: FitPlan,
-    loss_fn: LossFn,
-    max_grad_norm: float,
-    device: torch.device,
-) -> FitStats:
-    """First-order steps on all of ``model`` with gradient-norm clipping (0 disables it)."""
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, plan)
-    meter = Meter(device)
-
-    def step(x: Tensor, y: Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        meter.forward_passes += 1
-        meter.backward_passes += 1
-        return float(loss.detach())
-
-    return measured(data, plan, device, step, meter)
+    return trainer.fit(model, data, ft_plan, device, loss_fn)
 
 
 @contextmanager

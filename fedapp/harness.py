@@ -1,15 +1,18 @@
-"""An in-process Grid that routes Messages straight into a ClientApp (tests and benchmarks).
+"""The in-process harness: a Grid that routes Messages straight into the ClientApp.
 
-The one place that touches Flower internals (``TaskIdentity``), because a
-``Message`` cannot be built outside a runtime without it (PLATFORM.md §2).
-Running the real ServerApp ``main`` on this Grid exercises the whole app (config,
-strategy, screening, results) without Ray or network, one client at a time; the
-benchmarks use it for many-seed comparisons and ``tests/fakes.py`` re-exports it.
+Tests and benchmarks both run federations with it; neither owns it. Running the
+real ServerApp ``main`` on :class:`InProcessGrid` exercises the whole app (config,
+strategy card, screening, recorder, results) without Ray or network, one client
+at a time; every message and reply is recorded for tests to assert wire contracts.
+It stands where Flower's runtime stands, above the two entry points, and imports
+nothing else from the app's top: not ``strategies``, not ``clients``.
 
-:func:`default_run_config`, :func:`run_server_app` and :func:`run_federation` are
-the benchmarks' entry points: one federated run in this process through the same
-strategy, :class:`fedapp.server_app.RoundRecorder` and ``metrics.jsonl`` as
-``flwr run``.
+It is the one module that touches a Flower internal (``TaskIdentity``), because a
+``Message`` cannot be built outside a runtime without it; the app never imports it.
+
+:func:`default_run_config`, :func:`run_server_app` and :func:`run_federation` run
+one federation in this process through the same strategy, recorder and
+``metrics.jsonl`` as ``flwr run``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from bench.flwr_cli import ROOT
+#: The repository root (pyproject.toml holds every run-config default).
+ROOT = Path(__file__).resolve().parents[1]
 
 TaskIdentity.run_id = 1
 TaskIdentity.node_id = 0
@@ -131,15 +135,13 @@ def run_federation(
 
     ``initial`` replaces the seeded initial model (fine-tuning from a pre-trained one).
     """
-    from fedapp import records
     from fedapp.client_app import app as client_app
     from fedapp.config import load_config
     from fedapp.results import ResultsWriter, read_rounds, run_dir
-    from fedapp.server_app import RoundRecorder
+    from fedapp.server_app import federate
     from fedapp.task.data import load_server_test
     from fedapp.task.models import build_model
     from fedapp.task.seeding import PURPOSE_INIT, derive_seed
-    from strategies import build_strategy
 
     flat = {**default_run_config(), **overrides}
     cfg = load_config(flat)
@@ -147,17 +149,8 @@ def run_federation(
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     if initial is not None:
         model.load_state_dict(initial)
-    strategy = build_strategy(cfg)
     writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), {"config": flat})
-    strategy.start(
-        grid=InProcessGrid(client_app, flat, num_nodes, record=False),
-        initial_arrays=records.pack_arrays(model.state_dict()),
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=RoundRecorder(cfg, strategy, writer, model),
-    )
+    federate(InProcessGrid(client_app, flat, num_nodes, record=False), cfg, model, writer)
     return read_rounds(Path(writer.dir))
 
 

@@ -11,16 +11,17 @@ from dataclasses import fields
 import pytest
 import torch
 from conftest import ROOT
-from test_clients import plan, toy_data
+from test_trainer_fo import plan, toy_data
 from torch import Tensor
 
-from clients import mixed_trainer, resolve_node
 from clients.base import FitPlan, cross_entropy_loss
+from clients.plans import mixed_trainer, resolve_node
 from clients.zo import ZerothOrderTrainer, ZOPlan, float64_cross_entropy
 from fedapp.config import ConfigError, load_config, load_node_config
 from fedapp.task import zo
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import ImageSpec, SplitModel, build_model
+from strategies import card_for
 
 CPU = torch.device("cpu")
 
@@ -48,11 +49,11 @@ def test_zo_update_lowers_the_loss_on_a_separable_toy_problem() -> None:
 @pytest.mark.parametrize(("estimator", "per_step"), [("central", 2 * 3), ("forward", 3 + 1)])
 def test_pass_counts(estimator: str, per_step: int) -> None:
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
-    trainer = ZerothOrderTrainer()
-    stats = trainer.fit(build_model("mlp", spec, seed=0), data,
-                        zo_plan(local_steps=5, num_directions=3, estimator=estimator), CPU)
+    stats = ZerothOrderTrainer().fit(build_model("mlp", spec, seed=0), data,
+                                     zo_plan(local_steps=5, num_directions=3, estimator=estimator),
+                                     CPU)
     assert (stats.forward_passes, stats.backward_passes) == (5 * per_step, 0)
-    assert [len(s.seeds) for s in trainer.steps] == [3] * 5
+    assert [len(s.seeds) for s in stats.zo_steps] == [3] * 5
 
 
 def test_no_graph_and_no_grad_buffers_ever() -> None:
@@ -78,10 +79,11 @@ def test_local_update_is_exactly_its_recorded_steps_with_exact_restore(direction
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
     trained = build_model("fedgen-cnn", spec, seed=3)
     replica = build_model("fedgen-cnn", spec, seed=3)
-    trainer = ZerothOrderTrainer()
-    trainer.fit(trained, data, zo_plan(local_steps=10, exact_restore=True, direction=direction,
-                                       weight_decay=1e-2), CPU)
-    zo.replay_(zo.trainable(replica), trainer.steps, direction)
+    stats = ZerothOrderTrainer().fit(
+        trained, data,
+        zo_plan(local_steps=10, exact_restore=True, direction=direction, weight_decay=1e-2), CPU,
+    )
+    zo.replay_(zo.trainable(replica), stats.zo_steps, direction)
     assert all(torch.equal(a, b) for a, b in zip(zo.trainable(trained), zo.trainable(replica)))
 
 
@@ -96,12 +98,12 @@ def test_perturb_then_restore_is_bit_identical_with_exact_restore() -> None:
 
 
 def test_in_place_restore_is_close_but_not_claimed_exact() -> None:
-    # MeZO's in-place θ+μz−2μz+μz rounds (SPEC §1.2); the drift stays at float32 round-off.
+    # MeZO's in-place θ+μz−2μz+μz rounds (docs/zeroth-order.md (Seeded in-place perturbation));
+    # the drift stays at float32 round-off.
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
     trained, replica = build_model("fedgen-cnn", spec, seed=3), build_model("fedgen-cnn", spec, seed=3)
-    trainer = ZerothOrderTrainer()
-    trainer.fit(trained, data, zo_plan(local_steps=10), CPU)
-    zo.replay_(zo.trainable(replica), trainer.steps)
+    stats = ZerothOrderTrainer().fit(trained, data, zo_plan(local_steps=10), CPU)
+    zo.replay_(zo.trainable(replica), stats.zo_steps)
     for a, b in zip(zo.trainable(trained), zo.trainable(replica)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -115,7 +117,8 @@ def test_batchnorm_running_statistics_move_once_per_step() -> None:
 
 
 def test_projected_gradient_is_far_above_float32_noise() -> None:
-    # SPEC §1.3: at the default mu the loss difference must dwarf the round-off of a restore.
+    # docs/zeroth-order.md (Consistency inside one estimate): at the default mu the loss
+    # difference must dwarf the round-off of a restore.
     data, spec = toy_data(), ImageSpec(1, 8, 8, 2)
     model = build_model("fedgen-cnn", spec, seed=0).eval()
     x = torch.from_numpy(data.x[:32]).float() / 255
@@ -172,6 +175,7 @@ def test_trainer_choice_per_node(run_config: dict) -> None:
     assert resolve_node(node, cfg).trainer == "fo"  # node config wins
     assert mixed_trainer(2, 3, 1.0) == "zo" and mixed_trainer(0, 3, 0.0) == "fo"
     with pytest.raises(ConfigError, match="zo.momentum must be 0"):
-        load_config({**run_config, "strategy": "zo-seed", "client.trainer": "zo", "zo.momentum": 0.9})
+        card_for(load_config({**run_config, "strategy": "zo-seed", "client.trainer": "zo",
+                              "zo.momentum": 0.9}))
     with pytest.raises(ConfigError, match="cannot use client.trainer 'mixed'"):
-        load_config({**run_config, "strategy": "zo-seed", "client.trainer": "mixed"})
+        card_for(load_config({**run_config, "strategy": "zo-seed", "client.trainer": "mixed"}))

@@ -1,1 +1,0 @@
-"""ClientApp message handlers, one module per protocol; registered in :mod:`fedapp.client_app`."""
