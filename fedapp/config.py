@@ -8,11 +8,17 @@ the key, the value and what is allowed.
 
 Defaults live only in ``pyproject.toml`` (Flower rejects ``--run-config`` keys
 that are not there), so the schema declares no defaults for run-config keys.
-This module imports nothing but the standard library and pydantic.
+Types are strict: Flower delivers TOML values typed (bool, int, float, str), so a
+quoted ``num-server-rounds="2"`` is a string and refused, never coerced; an int is
+accepted where a float is expected.
+
+``preset = "<name>"`` is resolved first (:mod:`fedapp.defaults`). This module
+imports nothing but the standard library, pydantic and :mod:`fedapp.defaults`.
 """
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
 from typing import Any, Literal, Self, get_args
 
@@ -24,6 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from fedapp.defaults import PresetError, apply_preset, client_divergence
 
 StrategyName = Literal["fedavg", "fedprox", "zo-seed", "fedgen", "heron-sfl", "fedzge", "fedvtc"]
 TrainerName = Literal["fo", "zo", "split-zo", "split-fo"]
@@ -68,10 +76,10 @@ def _kebab(name: str) -> str:
 
 
 class Section(BaseModel):
-    """Base of every config section: kebab-case keys, unknown keys rejected, frozen."""
+    """Base of every config section: kebab-case keys, unknown keys rejected, strict, frozen."""
 
     model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True, strict=True
     )
 
 
@@ -283,14 +291,19 @@ class FedVTCConfig(Section):
     max_grad_norm: float = Field(ge=0)  # clip classifier gradients (steps 1, 5); 0 = off
 
 
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
 class AppConfig(Section):
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
     seed: int = Field(ge=0, lt=2**32)
-    run_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    run_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")  # not "." or ".."
     output_dir: str = Field(min_length=1)
     round_timeout: float = Field(gt=0)  # seconds to wait for replies in one phase
     resume: bool | str  # true: continue <output-dir>/<run-name>; a path: that checkpoint
+    overwrite: bool  # replace an existing run's results in <output-dir>/<run-name>
+    preset: str  # "": none; a name in fedapp/presets/, laid under the user's overrides
     server: ServerConfig
     data: DataConfig
     model: ModelConfig
@@ -302,6 +315,23 @@ class AppConfig(Section):
     heron: HeronConfig
     fedzge: FedZGEConfig
     fedvtc: FedVTCConfig
+
+    @field_validator("run_name")
+    @classmethod
+    def _inside_output_dir(cls, value: str) -> str:
+        if set(value) == {"."}:
+            raise ValueError("a name of dots only would write outside output-dir")
+        return value
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_flag_not_string(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+            raise ValueError(
+                "a string is a checkpoint path; use the boolean true (resume=true, unquoted) "
+                "to continue <output-dir>/<run-name>, or a path"
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -419,16 +449,42 @@ def _one_line(exc: ValidationError, model: type[BaseModel], what: str) -> Config
             problems.append(f"missing key {key!r}")
         elif err["loc"]:
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"].endswith("_type"):  # strict: a TOML value of the wrong type
+                msg += f" (got {type(err['input']).__name__}{_unquote_hint(key, err['input'])})"
             problems.append(f"{key} = {err['input']!r} is invalid: {msg}")
         else:
             problems.append(err["msg"].removeprefix("Value error, "))
     return ConfigError(f"invalid {what}: " + "; ".join(problems))
 
 
-def load_config(run_config: Mapping[str, Any]) -> AppConfig:
-    """Validate Flower's flat run config; raise :class:`ConfigError` in one line."""
+def _unquote_hint(key: str, value: Any) -> str:
+    """For ``"2"`` or ``"true"`` given as strings: how to write the TOML value unquoted."""
+    if not isinstance(value, str):
+        return ""
     try:
-        return AppConfig.model_validate(unflatten(run_config))
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return ""
+    return "" if isinstance(parsed, str) else f"; TOML quotes make a string: write {key}={value}"
+
+
+def load_config(
+    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> AppConfig:
+    """Validate Flower's flat run config, its preset applied; raise :class:`ConfigError` in one line.
+
+    ``overrides`` (the submitted keys; the ServerApp and ``check`` know them) resolves a
+    preset exactly and refuses the values the ClientApps would resolve differently.
+    """
+    try:
+        resolved = apply_preset(run_config, overrides)
+        diverging = client_divergence(run_config, overrides) if overrides is not None else []
+    except PresetError as exc:
+        raise ConfigError(f"invalid run config: {exc}") from None
+    if diverging:
+        raise ConfigError("invalid run config: " + "; ".join(diverging))
+    try:
+        return AppConfig.model_validate(unflatten(resolved))
     except ValidationError as exc:
         raise _one_line(exc, AppConfig, "run config") from None
 

@@ -10,7 +10,8 @@ from conftest import ROOT
 THIRD_PARTY = {"torch", "numpy", "pydantic", "matplotlib", "mlxtend", "sklearn", "datasets",
                "flwr_datasets", "PIL"}
 ALLOWED: dict[str, set[str]] = {
-    "fedapp.config": set(),
+    "fedapp.defaults": set(),
+    "fedapp.config": {"fedapp.defaults"},
     "fedapp.task": {"fedapp.config", "fedapp.task"},
     "fedapp.records": {"fedapp.config", "fedapp.task", "flwr.app"},
     "fedapp.results": {"fedapp.config"},

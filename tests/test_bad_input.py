@@ -108,3 +108,182 @@ def test_cache_miss_does_not_chain_a_file_not_found(run_config: dict, tmp_path: 
     with pytest.raises(DataError) as info:
         load_server_test(local({**run_config, "data.cache-dir": str(tmp_path / "c")}, path), 0)
     assert not isinstance(info.value.__context__, FileNotFoundError)
+
+
+# --- run config: names, strict types, resume flag ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"run-name": ".."}, "run-name = '..' is invalid: a name of dots only would write outside"),
+        ({"run-name": "."}, "run-name = '.' is invalid: a name of dots only"),
+        ({"num-server-rounds": "2"}, "num-server-rounds = '2' is invalid: Input should be a valid "
+                                     "integer (got str; TOML quotes make a string: write "
+                                     "num-server-rounds=2)"),
+        ({"seed": True}, "seed = True is invalid: Input should be a valid integer (got bool)"),
+        ({"zo.exact-restore": "false"}, "write zo.exact-restore=false"),
+        ({"client.lr": "0.1"}, "client.lr = '0.1' is invalid"),
+        ({"overwrite": "true"}, "overwrite = 'true' is invalid: Input should be a valid boolean"),
+        ({"resume": "true"}, "resume = 'true' is invalid: a string is a checkpoint path; use the "
+                             "boolean true (resume=true, unquoted)"),
+        ({"resume": "False"}, "use the boolean true"),
+    ],
+)
+def test_bad_types_and_names_are_one_line(run_config: dict, override: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({**run_config, **override})
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ints_are_accepted_where_floats_are_expected(run_config: dict) -> None:
+    cfg = load_config({**run_config, "round-timeout": 60, "client.lr": 1})
+    assert cfg.round_timeout == 60.0 and cfg.client.lr == 1.0
+
+
+def test_run_name_cannot_leave_output_dir(tmp_path: Path) -> None:
+    from fedapp.results import run_dir
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=r"run-name = 'link' resolves to .*elsewhere, outside output-dir"):
+        run_dir(str(tmp_path / "out"), "link")
+    with pytest.raises(ConfigError, match="outside output-dir"):
+        run_dir(str(tmp_path / "out"), "..")
+    assert run_dir(str(tmp_path / "out"), "a.b") == (tmp_path / "out" / "a.b").resolve()
+
+
+# --- whole ServerApp runs (in process): results never lost, checkpoints safe ---------------
+
+
+def serve(cfg: dict[str, Any], grid: Any = None) -> Path:
+    from fakes import FakeGrid
+    from flwr.app import Context, RecordDict
+
+    from fedapp.client_app import app as client_app
+    from fedapp.server_app import main
+
+    grid = grid or FakeGrid(client_app, cfg, 2)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    return Path(cfg["output-dir"]) / cfg["run-name"]
+
+
+@pytest.fixture
+def tiny(run_config: dict[str, Any]) -> dict[str, Any]:
+    return {**run_config, "data.dataset": "digits", "data.partition": "iid",
+            "num-server-rounds": 1, "server.fraction-evaluate": 0.0, "client.lr": 0.1}
+
+
+def test_existing_run_is_refused_then_overwritten_whole(tiny: dict, tmp_path: Path) -> None:
+    # Prepare: a finished run, plus a stale file only the old run had
+    out = serve(tiny)
+    first = (out / "metrics.jsonl").read_bytes()
+    # Execute / Assert: the same run-name is refused, and nothing of the old run changes
+    with pytest.raises(ConfigError, match=r"already holds a run \(config.json, metrics.jsonl, "
+                                          r"clients.json, model.pt, selected.json, curves.png\); "
+                                          r"choose another run-name, or set overwrite=true"):
+        serve(tiny)
+    assert (out / "metrics.jsonl").read_bytes() == first
+    # overwrite=true replaces the run: every old result file is removed before new ones appear
+    (out / "curves.png").write_bytes(b"stale")
+    again = serve({**tiny, "overwrite": True, "num-server-rounds": 2})
+    assert [r["round"] for r in json_lines(again / "metrics.jsonl")] == [0, 1, 2]
+    assert (again / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_result_files_get_the_mode_open_would_give(tiny: dict) -> None:
+    from fedapp.results import FILE_MODE
+
+    out = serve(tiny)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes) == {"config.json", "metrics.jsonl", "clients.json", "model.pt",
+                          "selected.json", "curves.png"}
+    assert set(modes.values()) == {FILE_MODE}, modes
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_file_mode_is_world_readable_unless_the_umask_says_otherwise(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import os; os.umask({umask}); from pathlib import Path; "
+            "from fedapp.results import atomic_write_bytes; "
+            f"atomic_write_bytes(Path({str(tmp_path / 'x')!r}), b'1')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert (tmp_path / "x").stat().st_mode & 0o777 == mode
+
+
+def test_a_run_with_nothing_aggregated_fails_naming_why(tiny: dict) -> None:
+    from fedapp.results import NothingAggregated
+
+    cfg = {**tiny, "client.fault": "nan", "client.fault-partitions": "0,1"}
+    with pytest.raises(NothingAggregated, match=r"no client reply was aggregated in 1 round\(s\) "
+                                                r"\(0 failed, 2 rejected"):
+        serve(cfg)
+    assert (Path(cfg["output-dir"]) / cfg["run-name"] / "metrics.jsonl").exists()  # kept to inspect
+
+
+def checkpoint_of(tiny: dict) -> Path:
+    return serve(tiny) / "model.pt"
+
+
+def resume_from(tiny: dict, path: Path) -> str:
+    cfg = {**tiny, "run-name": "resumed", "num-server-rounds": 2, "resume": str(path)}
+    with pytest.raises(ConfigError) as info:
+        serve(cfg)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_truncated_checkpoint_is_one_line(tiny: dict, tmp_path: Path) -> None:
+    good = checkpoint_of(tiny).read_bytes()
+    for cut in (0, 10, len(good) // 2, len(good) - 10):
+        (tmp_path / "cut.pt").write_bytes(good[:cut])
+        message = resume_from(tiny, tmp_path / "cut.pt")
+        assert message.startswith(f"resume: {tmp_path / 'cut.pt'} is truncated or corrupt ("), message
+
+
+def test_untrusted_checkpoint_cannot_run_code(tiny: dict, tmp_path: Path) -> None:
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    torch.save({"rows": [], "format": 2, "x": Payload()}, tmp_path / "evil.pt")
+    message = resume_from(tiny, tmp_path / "evil.pt")
+    assert "holds objects beyond tensors and plain values" in message
+    assert not marker.exists()
+
+
+def test_old_format_checkpoint_is_refused(tiny: dict, tmp_path: Path) -> None:
+    import torch
+
+    saved = torch.load(checkpoint_of(tiny), weights_only=True)
+    del saved["format"]
+    torch.save(saved, tmp_path / "old.pt")
+    assert "has checkpoint format 1, this fedzg reads format 2" in resume_from(tiny, tmp_path / "old.pt")
+    saved["rng"]["numpy"] = np.random.get_state()  # format 1 pickled NumPy's state as is
+    torch.save(saved, tmp_path / "numpy.pt")
+    assert "older than format 2" in resume_from(tiny, tmp_path / "numpy.pt")
+
+
+def test_checkpoint_loads_with_weights_only_and_resumes(tiny: dict) -> None:
+    import torch
+
+    out = serve(tiny)
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["format"] == 2 and saved["round"] == 1
+    again = serve({**tiny, "num-server-rounds": 2, "resume": True})
+    assert [r["round"] for r in json_lines(again / "metrics.jsonl")] == [0, 1, 2]
