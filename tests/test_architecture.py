@@ -25,6 +25,10 @@ ALLOWED: dict[str, set[str]] = {
                         "clients", "flwr.app"},
     "fedapp.checkpoint": {"fedapp.config", "fedapp.results"},
     "fedapp.liveness": {"fedapp.config", "flwr.app", "flwr.serverapp", "flwr.common"},
+    "fedapp.check": {"fedapp.config", "fedapp.defaults", "fedapp.checkpoint", "fedapp.results",
+                     "fedapp.task", "clients"},
+    "fedapp.compare": {"fedapp.defaults", "fedapp.results", "fedapp.plots"},
+    "fedapp.__main__": {"fedapp.check", "fedapp.compare"},
 }
 
 
