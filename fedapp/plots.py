@@ -53,6 +53,7 @@ def plot_overlay(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (acc, traffic) = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, rows in runs.items():
@@ -66,6 +67,7 @@ def plot_overlay(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     traffic.set_yscale("log")
     for ax in (acc, traffic):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc.legend(fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
