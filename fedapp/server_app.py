@@ -45,9 +45,13 @@ app = ServerApp()
 
 
 def _fail(error: Exception) -> None:
-    """Stop the run: log one readable line, then raise so Flower marks the run failed."""
+    """Stop the run: log one readable line, then raise so Flower marks the run failed.
+
+    Flower logs every ServerApp exception with its traceback; dropping the frames below
+    this call leaves two lines of ours in it (``main`` and this ``raise``).
+    """
     log(ERROR, "fedzg: %s", error)
-    raise error
+    raise error.with_traceback(None) from None
 
 
 def _submitted(grid: Grid) -> dict[str, Any] | None:

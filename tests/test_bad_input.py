@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,6 @@ def test_existing_run_is_refused_then_overwritten_whole(tiny: dict, tmp_path: Pa
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
-    import json
-
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -287,3 +286,36 @@ def test_checkpoint_loads_with_weights_only_and_resumes(tiny: dict) -> None:
     assert saved["format"] == 2 and saved["round"] == 1
     again = serve({**tiny, "num-server-rounds": 2, "resume": True})
     assert [r["round"] for r in json_lines(again / "metrics.jsonl")] == [0, 1, 2]
+
+
+# --- through the real flwr CLI (slow) ------------------------------------------------------
+
+
+def flwr_config(out: Path, extra: str) -> str:
+    from conftest import DATA_CACHE
+
+    return (f'output-dir="{out}" data.cache-dir="{DATA_CACHE}" num-server-rounds=1 '
+            f'data.dataset="digits" data.partition="iid" server.fraction-evaluate=0.0 {extra}')
+
+
+@pytest.mark.slow
+def test_flwr_run_with_nothing_aggregated_ends_failed(flwr: Any, tmp_path: Path) -> None:
+    extra = 'run-name="allbad" client.fault="nan" client.fault-partitions="0,1"'
+    entry, log = flwr.run(flwr_config(tmp_path, extra), "num-supernodes=2 client-resources-num-cpus=1",
+                          timeout=300)
+    assert entry["status"] == "finished:failed", log[-3000:]
+    assert "no client reply was aggregated in 1 round(s) (0 failed, 2 rejected" in entry["status-details"]
+    assert (tmp_path / "allbad" / "metrics.jsonl").is_file()  # the results stay to be inspected
+
+
+@pytest.mark.slow
+def test_flwr_run_preset_with_a_default_valued_override_is_exact(flwr: Any, tmp_path: Path) -> None:
+    # Flower fuses num-server-rounds=10 (its pyproject default) into the run config; only the
+    # ServerApp's Run says it was submitted, so the run has 10 rounds, not the preset's 2
+    extra = 'preset="smoke" num-server-rounds=10 server.fraction-train=0.5'
+    entry, log = flwr.run(flwr_config(tmp_path, extra).replace("num-server-rounds=1 ", ""),
+                          "num-supernodes=2 client-resources-num-cpus=1", timeout=400)
+    assert entry["status"] == "finished:completed", log[-3000:]
+    saved = json.loads((tmp_path / "smoke" / "config.json").read_text())["config"]
+    assert saved["preset"] == "smoke" and saved["num-server-rounds"] == 10
+    assert len(json_lines(tmp_path / "smoke" / "metrics.jsonl")) == 11
