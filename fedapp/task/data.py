@@ -8,7 +8,7 @@ Sources (``data.dataset``):
 - ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: Hugging Face Hub
   datasets through flwr-datasets' ``FederatedDataset``; need a reachable hub
   (or a warm local cache).
-- ``local``: a parquet file or an image folder (``data.path``; :data:`LOCAL_FORMATS`),
+- ``local``: a parquet file or an image folder (``data.path``; :mod:`fedapp.task.local_files`),
   partitioned like the others; a node's own ``data-path`` (node config) is used whole
   instead. Parquet is read with pyarrow, so files written by ``datasets`` and by plain
   pyarrow (``image`` as a struct ``{bytes, path}``) both load.
@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
@@ -39,12 +37,10 @@ import torch
 from torch import Tensor
 
 from fedapp.config import DataConfig
+from fedapp.task.local_files import LocalFileError, decode_images, read_local_file
 from fedapp.task.models import ImageSpec
 from fedapp.task.partition import make_partitioner, partition_indices
 from fedapp.task.seeding import PURPOSE_PARTITION, derive_seed
-
-if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
 
 OFFLINE_HINT = (
     "use data.dataset=\"mnist-offline\" (bundled, no network) or data.dataset=\"local\" "
@@ -138,122 +134,26 @@ def _set_offline_switches() -> None:
         pass
 
 
-#: What ``data.path``, ``data.test-path`` and a node's ``data-path`` may point at.
-LOCAL_FORMATS = (
-    "accepted: a .parquet file with an image column (a datasets Image feature, a struct "
-    "{bytes, path} or a binary column of PNG/JPEG bytes) and an integer 'label' column, "
-    "or an image folder with one subfolder per class (at least two)"
-)
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-LABEL_COLUMNS = ("label", "fine_label", "labels")
-
-
-def _decode_images(images: list[PILImage], where: str) -> np.ndarray:
-    """PIL images (one size, any mode) -> (N, C, H, W) uint8; grey stays one channel."""
-    if not images:
-        raise DataError(f"{where} has no rows")
-    mode = "L" if images[0].mode in ("L", "1", "I", "I;16", "F") else "RGB"
-    size = images[0].size
-    decoded = []
-    for img in images:
-        if img.size != size:
-            raise DataError(f"{where}: images differ in size ({img.size} vs {size}); resize them first")
-        decoded.append(np.asarray(img.convert(mode), dtype=np.uint8))
-    return _nchw(np.stack(decoded))
-
-
 def _hf_to_arrays(ds: object, image_col: str, label_col: str) -> Arrays:
     """Decode a Hugging Face dataset's image and label columns into :class:`Arrays`."""
-    x = _decode_images(list(ds[image_col]), "the dataset")  # type: ignore[index]
-    return Arrays(x, np.asarray(ds[label_col], dtype=np.int64))  # type: ignore[index]
-
-
-def _read_parquet(p: Path) -> Arrays:
-    """A parquet file written by ``datasets`` or plain pyarrow: encoded images plus labels."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image as PILImage
-
     try:
-        table = pq.read_table(p)
-    except (pa.ArrowException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        first = first.removeprefix(f"Could not open Parquet input source '{p}': ")
-        raise DataError(f"{str(p)!r} is not a readable parquet file ({first}); {LOCAL_FORMATS}") from None
-
-    def is_image(t: pa.DataType) -> bool:
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or (
-            pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
-        )
-
-    columns = table.column_names
-    image_cols = [c for c in columns if is_image(table.schema.field(c).type)]
-    label_cols = [
-        c for c in LABEL_COLUMNS if c in columns and pa.types.is_integer(table.schema.field(c).type)
-    ]
-    if not image_cols:
-        raise DataError(f"{str(p)!r} has no image column (found {columns}); {LOCAL_FORMATS}")
-    if not label_cols:
-        raise DataError(
-            f"{str(p)!r} has no integer label column ({', '.join(LABEL_COLUMNS)}; "
-            f"found {columns}); {LOCAL_FORMATS}"
-        )
-    if table.num_rows == 0:
-        raise DataError(f"{str(p)!r} has no rows; {LOCAL_FORMATS}")
-    images = []
-    for i, cell in enumerate(table.column(image_cols[0]).to_pylist()):
-        blob = cell.get("bytes") if isinstance(cell, dict) else cell
-        source = cell.get("path") if isinstance(cell, dict) else None
-        try:
-            if blob is not None:
-                images.append(PILImage.open(io.BytesIO(blob)))
-            elif source:  # datasets stores file paths for images it did not embed
-                images.append(PILImage.open(p.parent / source))
-            else:
-                raise DataError(f"{str(p)!r} row {i}: image has neither bytes nor a path")
-        except (OSError, PILImage.UnidentifiedImageError) as exc:
-            raise DataError(f"{str(p)!r} row {i}: cannot decode the image ({exc})") from None
-    labels = np.asarray(table.column(label_cols[0]).to_pylist(), dtype=np.int64)
-    return Arrays(_decode_images(images, repr(str(p))), labels)
-
-
-def _read_image_folder(p: Path) -> Arrays:
-    """An image folder (``<class>/<image>``) read with datasets' ``imagefolder`` builder."""
-    files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise DataError(f"image folder {str(p)!r} contains no image files; {LOCAL_FORMATS}")
-    from datasets import Image, load_dataset
-
-    try:
-        ds = load_dataset("imagefolder", data_dir=str(p), split="train")
-    except Exception as exc:  # datasets raises many unrelated types for bad folders
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(
-            f"image folder {str(p)!r} cannot be read ({type(exc).__name__}: {first}); "
-            f"{LOCAL_FORMATS}"
-        ) from None
-    image_cols = [c for c, f in ds.features.items() if isinstance(f, Image)]
-    label_cols = [c for c in LABEL_COLUMNS if c in ds.features]
-    if not label_cols:
-        classes = sorted({f.parent.name for f in files})
-        raise DataError(
-            f"image folder {str(p)!r} has images of only one class ({classes[0]!r}); "
-            f"{LOCAL_FORMATS}"
-        )
-    return _hf_to_arrays(ds, image_cols[0], label_cols[0])
+        images = decode_images(list(ds[image_col]), "the dataset")  # type: ignore[index]
+    except LocalFileError as exc:
+        raise DataError(str(exc)) from None
+    return Arrays(_nchw(images), np.asarray(ds[label_col], dtype=np.int64))  # type: ignore[index]
 
 
 def read_local(path: str) -> Arrays:
-    """Read a parquet file or an image folder (:data:`LOCAL_FORMATS`)."""
+    """Read a parquet file or an image folder (:data:`fedapp.task.local_files.LOCAL_FORMATS`)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist; {OFFLINE_HINT}")
     _set_offline_switches()
-    if p.is_dir():
-        return _read_image_folder(p)
-    if p.suffix == ".parquet":
-        return _read_parquet(p)
-    raise DataError(f"data path {str(p)!r} is neither a .parquet file nor an image folder; {LOCAL_FORMATS}")
+    try:
+        images, labels = read_local_file(p)
+    except LocalFileError as exc:
+        raise DataError(str(exc)) from None
+    return Arrays(_nchw(images), labels)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
