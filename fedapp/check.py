@@ -41,10 +41,12 @@ class Verdict:
     cfg: AppConfig
     run_dir: Path
     resumes: Path | None
+    replaces: bool  # overwrite = true over an existing run
     nodes: int
 
     def line(self) -> str:
-        start = f"resumes from {self.resumes}" if self.resumes else "new run"
+        start = (f"resumes from {self.resumes}" if self.resumes
+                 else "replaces the existing run" if self.replaces else "new run")
         preset = f", preset {self.cfg.preset!r}" if self.cfg.preset else ""
         where = "" if Path(self.cfg.output_dir).expanduser().is_absolute() else (
             "; a relative output-dir is resolved here, the ServerApp resolves it in the "
@@ -104,7 +106,7 @@ def simulated_nodes(num_supernodes: int) -> list[str]:
 def check(run_args: list[str], node_args: list[str], *, data: bool = True) -> Verdict:
     """Everything the ServerApp and ClientApps check before round 1; raises in one line."""
     from fedapp.checkpoint import checkpoint_path, load_checkpoint
-    from fedapp.results import check_run_dir, run_dir
+    from fedapp.results import RESULT_FILES, check_run_dir, run_dir
 
     overrides = parse_overrides(run_args)
     if bad := unknown_keys(overrides):
@@ -117,6 +119,7 @@ def check(run_args: list[str], node_args: list[str], *, data: bool = True) -> Ve
     out = run_dir(cfg.output_dir, cfg.run_name)
     path = checkpoint_path(cfg, out)
     check_run_dir(out, resuming=path is not None and path.parent == out, overwrite=cfg.overwrite)
+    replaces = path is None and any((out / name).exists() for name in RESULT_FILES)
     if path is not None:
         load_checkpoint(path, cfg)
     if data:
@@ -126,7 +129,7 @@ def check(run_args: list[str], node_args: list[str], *, data: bool = True) -> Ve
     client_cfg = load_config(run_config)  # what every ClientApp resolves from the same config
     for arg in node_args:
         _check_node(client_cfg, parse_overrides([arg], "--node-config"), data=data)
-    return Verdict(cfg, out, path, len(node_args))
+    return Verdict(cfg, out, path, replaces, len(node_args))
 
 
 def _check_node(cfg: AppConfig, node_config: dict[str, Any], *, data: bool) -> None:

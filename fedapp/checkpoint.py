@@ -133,9 +133,9 @@ def _read(path: Path) -> dict[str, Any]:
             "run afresh"
         ) from None
     except Exception as exc:  # torch reports damage as EOFError, RuntimeError, OSError, KeyError...
-        first = (str(exc).splitlines() or [""])[0]
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0]  # torch appends advice
         raise ConfigError(
-            f"resume: {path} is truncated or corrupt ({type(exc).__name__}: {first})"
+            f"resume: {path} is truncated or corrupt ({type(exc).__name__}{': ' * bool(first)}{first})"
         ) from None
     if not isinstance(raw, dict) or "rows" not in raw:
         raise ConfigError(f"resume: {path} is a model file without server state")

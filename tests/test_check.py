@@ -98,7 +98,8 @@ def test_existing_run_and_resume_are_checked(capsys: pytest.CaptureFixture[str],
     (tmp_path / "default" / "metrics.jsonl").write_text("{}\n")
     rc, line = verdict(capsys, f'output-dir="{tmp_path}"')
     assert rc == 1 and "already holds a run (metrics.jsonl)" in line
-    assert verdict(capsys, f'output-dir="{tmp_path}" overwrite=true')[0] == 0
+    rc, line = verdict(capsys, f'output-dir="{tmp_path}" overwrite=true')
+    assert rc == 0 and f"results in {tmp_path}/default (replaces the existing run)" in line
     rc, line = verdict(capsys, f'output-dir="{tmp_path}" resume=true')
     assert rc == 1 and line == f"resume: no checkpoint at {tmp_path}/default/model.pt (run at least one round first)"
 
