@@ -16,11 +16,17 @@ complete server state:
 ``resume = true`` reads the run's own ``model.pt``; ``resume = "<path>"`` reads that
 file (or ``<path>/model.pt``). The run then continues from round ``round + 1``
 and rewrites ``metrics.jsonl`` from ``rows``, so no round is duplicated or lost.
+
+Format :data:`FORMAT` holds tensors and plain Python values only (NumPy values
+are converted on saving), so it is read with ``torch.load(weights_only=True)``:
+resuming from an untrusted file cannot run code. Older checkpoints (pickled NumPy
+state) are refused with one line, as are truncated or corrupt files.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ from fedapp.config import AppConfig, ConfigError
 from fedapp.results import atomic_write_bytes
 
 CHECKPOINT_NAME = "model.pt"
+FORMAT = 2  # 2: weights_only-loadable (tensors and plain values); 1: pickled NumPy state
 
 #: Config keys that may differ between the killed run and its resumption.
 RESUMABLE_CHANGES = frozenset({"resume", "output-dir", "run-name", "num-server-rounds", "timeouts"})
@@ -55,7 +62,8 @@ class Checkpoint:
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         torch.save(
-            {
+            _plain({
+                "format": FORMAT,
                 "round": self.round,
                 "model": self.model,
                 "state_dict": self.state_dict,
@@ -65,7 +73,7 @@ class Checkpoint:
                 "config": self.config,
                 "elapsed-s": self.elapsed_s,
                 "rng": self.rng,
-            },
+            }),
             buf,
         )
         return buf.getvalue()
@@ -76,19 +84,67 @@ class Checkpoint:
         return path
 
 
+def _plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with NumPy scalars as Python numbers and arrays as tensors; others refused.
+
+    What remains is what ``torch.load(weights_only=True)`` reads back.
+    """
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype,
+                                       torch.Size)):
+        return obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain(v, f"{where}[{k!r}]")) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set)):
+        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold tensors and plain values")
+
+
 def capture_rng() -> dict[str, Any]:
-    """The global generator states a server run may draw from."""
+    """The global generator states a server run may draw from (plain values and tensors)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    kind, keys, pos, has_gauss, cached = state["numpy"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``, its failures as one :class:`ConfigError` line."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise ConfigError(f"resume: {path} is truncated or corrupt (UnpicklingError)") from None
+        raise ConfigError(
+            f"resume: {path} holds objects beyond tensors and plain values (a checkpoint older "
+            f"than format {FORMAT}, or not fedzg's), and loading it could run code; start the "
+            "run afresh"
+        ) from None
+    except Exception as exc:  # torch reports damage as EOFError, RuntimeError, OSError, KeyError...
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0]  # torch appends advice
+        raise ConfigError(
+            f"resume: {path} is truncated or corrupt ({type(exc).__name__}{': ' * bool(first)}{first})"
+        ) from None
+    if not isinstance(raw, dict) or "rows" not in raw:
+        raise ConfigError(f"resume: {path} is a model file without server state")
+    if raw.get("format") != FORMAT:
+        raise ConfigError(
+            f"resume: {path} has checkpoint format {raw.get('format', 1)}, this fedzg reads "
+            f"format {FORMAT}; start the run afresh"
+        )
+    return raw
 
 
 def config_fingerprint(cfg: AppConfig) -> dict[str, Any]:
@@ -111,9 +167,7 @@ def load_checkpoint(path: Path, cfg: AppConfig) -> Checkpoint:
     """Read a checkpoint and check it belongs to the same experiment as ``cfg``."""
     if not path.is_file():
         raise ConfigError(f"resume: no checkpoint at {path} (run at least one round first)")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    if "rows" not in raw:
-        raise ConfigError(f"resume: {path} is a model file without server state")
+    raw = _read(path)
     saved, now = raw["config"], config_fingerprint(cfg)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:

@@ -8,7 +8,13 @@
 - ``curves.png``: accuracy, loss and bytes per round (:mod:`fedapp.plots`).
 
 Every file is written whole to a temporary name and renamed into place, so a
-crash never leaves a half-written file. Standard library only.
+crash never leaves a half-written file; files get the mode a plain ``open`` would
+give (0644 under the usual umask 022; a stricter umask keeps them private).
+
+A run never silently replaces another: :func:`check_run_dir` refuses a directory
+that holds results unless the run resumes it or sets ``overwrite = true``, and a
+fresh :class:`ResultsWriter` removes every file of the old run, so no stale
+``model.pt`` or ``curves.png`` survives next to new metrics. Standard library only.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from fedapp.config import ConfigError
 
 ROUND_KEYS = (
     "round",
@@ -32,11 +40,29 @@ ROUND_KEYS = (
 )
 
 
+#: Every file a run writes into its directory (``model.pt``: :mod:`fedapp.checkpoint`).
+RESULT_FILES = (
+    "config.json", "metrics.jsonl", "clients.json", "model.pt", "selected.json", "curves.png"
+)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it; Linux also shows it in /proc/self/status)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of result files: what ``open()`` would create (0644 under umask 022), not mkstemp's 0600.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -52,8 +78,29 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def run_dir(output_dir: str, run_name: str) -> Path:
-    """Absolute results directory (the ServerApp's cwd is the SuperLink's, not the user's)."""
-    return (Path(output_dir).expanduser() / run_name).resolve()
+    """Absolute results directory (the ServerApp's cwd is the SuperLink's, not the user's).
+
+    Raises :class:`ConfigError` when ``run_name`` resolves outside ``output_dir``
+    (``..``, or a symbolic link pointing elsewhere).
+    """
+    parent = Path(output_dir).expanduser().resolve()
+    path = (parent / run_name).resolve()
+    if path.parent != parent:
+        raise ConfigError(
+            f"run-name = {run_name!r} resolves to {path}, outside output-dir {parent}; "
+            "use a plain directory name"
+        )
+    return path
+
+
+def check_run_dir(directory: Path, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run over another run's results (``resume``/``overwrite`` allow it)."""
+    existing = [name for name in RESULT_FILES if (directory / name).exists()]
+    if existing and not resuming and not overwrite:
+        raise ConfigError(
+            f"{directory} already holds a run ({', '.join(existing)}); choose another run-name, "
+            "or set overwrite=true to replace it or resume=true to continue it"
+        )
 
 
 def read_rounds(directory: Path) -> list[dict[str, Any]]:
@@ -79,17 +126,37 @@ def select_round(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     return {"rule": rule, **{k: chosen[k] for k in keys if k in chosen}}
 
 
+class NothingAggregated(RuntimeError):
+    """A run in which no client reply was aggregated: its model is the initial one."""
+
+
+def check_aggregated(rows: list[dict[str, Any]]) -> None:
+    """Raise :class:`NothingAggregated` when no trained round aggregated a client reply."""
+    trained = [r for r in rows if r["round"] > 0]
+    if trained and not any(r["clients"] for r in trained):
+        failed, rejected = (sum(int(r[k]) for r in trained) for k in ("failed", "rejected"))
+        raise NothingAggregated(
+            f"no client reply was aggregated in {len(trained)} round(s) ({failed} failed, "
+            f"{rejected} rejected: see the 'Rejected reply' and failure lines above); "
+            "the model is still the initial one"
+        )
+
+
 class ResultsWriter:
     """Owns one run's results directory."""
 
     def __init__(
         self, directory: Path, config: dict[str, Any], rows: list[dict[str, Any]] | None = None
     ) -> None:
-        """Start ``directory`` afresh, or from ``rows`` when resuming a checkpoint."""
+        """Start ``directory`` afresh (the old run's files removed), or from ``rows`` when resuming.
+
+        Call :func:`check_run_dir` first: this replaces whatever run is there.
+        """
         self.dir = directory
         self.rows: list[dict[str, Any]] = []
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+        for name in RESULT_FILES if rows is None else ("metrics.jsonl",):
+            (self.dir / name).unlink(missing_ok=True)  # a resumed run keeps its checkpoint
         atomic_write_json(self.dir / "config.json", config)
         if rows:
             self.rows = list(rows)

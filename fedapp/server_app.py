@@ -25,7 +25,14 @@ from fedapp.config import AppConfig, ConfigError, load_config
 from fedapp.liveness import LivenessGrid, NodesUnavailable
 from fedapp.plots import plot_curves
 from fedapp.recorder import RoundRecorder
-from fedapp.results import ResultsWriter, run_dir, select_round
+from fedapp.results import (
+    NothingAggregated,
+    ResultsWriter,
+    check_aggregated,
+    check_run_dir,
+    run_dir,
+    select_round,
+)
 from fedapp.task.data import DataError, load_server_test
 from fedapp.task.models import build_model
 from fedapp.task.seeding import PURPOSE_INIT, PURPOSE_SAMPLING, derive_seed
@@ -36,9 +43,21 @@ app = ServerApp()
 
 
 def _fail(error: Exception) -> None:
-    """Stop the run: log one readable line, then raise so Flower marks the run failed."""
+    """Stop the run: log one readable line, then raise so Flower marks the run failed.
+
+    Flower logs every ServerApp exception with its traceback; dropping the frames below
+    this call leaves two lines of ours in it (``main`` and this ``raise``).
+    """
     log(ERROR, "fedzg: %s", error)
-    raise error
+    raise error.with_traceback(None) from None
+
+
+def _submitted(grid: Grid) -> dict[str, Any] | None:
+    """The run-config keys the user submitted (Flower's ``Run``); ``None`` where a Grid has no Run."""
+    try:
+        return dict(grid.run.override_config)
+    except NotImplementedError:  # the in-process Grid of tests and benchmarks
+        return None
 
 
 def _config_record(cfg: AppConfig) -> dict[str, Any]:
@@ -105,13 +124,15 @@ def federate(
 def main(grid: Grid, context: Context) -> None:
     """Run ``cfg.strategy`` for ``num-server-rounds`` rounds and write the results."""
     try:
-        cfg = load_config(context.run_config)
+        cfg = load_config(context.run_config, _submitted(grid))
         card = card_for(cfg)
+        out = run_dir(cfg.output_dir, cfg.run_name)
+        resumes_here = (path := checkpoint_path(cfg, out)) is not None and path.parent == out
+        check_run_dir(out, resuming=resumes_here, overwrite=cfg.overwrite)
     except ConfigError as exc:
         _fail(exc)
         return
     random.seed(derive_seed(cfg.seed, PURPOSE_SAMPLING))  # Flower samples nodes with `random`
-    out = run_dir(cfg.output_dir, cfg.run_name)
     log(INFO, "fedzg: strategy %s, results in %s", cfg.strategy, out)
     try:
         _, spec = load_server_test(cfg.data, cfg.seed)
@@ -143,6 +164,11 @@ def main(grid: Grid, context: Context) -> None:
     plot_curves(writer.rows, out / "curves.png", title=f"{cfg.strategy} on {cfg.data.dataset}")
     last, chosen = writer.rows[-1], select_round(writer.rows, card.select(cfg))
     writer.write_json("selected.json", chosen)
+    try:
+        check_aggregated(writer.rows)
+    except NothingAggregated as exc:
+        _fail(exc)
+        return
     log(
         INFO,
         "fedzg: done, final accuracy %.4f after %d rounds; reported (%s) round %d, accuracy "

@@ -46,7 +46,7 @@ def test_presets_validate(preset: Path) -> None:
         ({"strategy": "fedsgd"}, "strategy = 'fedsgd' is invalid: Input should be 'fedavg'"),
         ({"client.lr": "fast"}, "client.lr = 'fast' is invalid: Input should be a valid number"),
         ({"num-server-rounds": 0}, "num-server-rounds = 0 is invalid"),
-        ({"num-server-rounds": 2.5}, "got a number with a fractional part"),
+        ({"num-server-rounds": 2.5}, "num-server-rounds = 2.5 is invalid: Input should be a valid integer"),
         ({"data.partition": "shards"}, "data.partition = 'shards' is invalid"),
         ({"client.fault-partitions": "1,x"}, "comma-separated non-negative integers"),
         ({"run-name": "a/b"}, "run-name = 'a/b' is invalid"),

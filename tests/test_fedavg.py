@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
 from fedapp.harness import InProcessGrid
-from fedapp.results import read_rounds
+from fedapp.results import NothingAggregated, read_rounds
 from fedapp.server_app import main
 from fedapp.wire import weights
 from fedapp.wire.common import PROXIMAL_MU, ClientInfo, TrainMetrics, content_bytes
@@ -86,8 +86,9 @@ def test_failed_and_missing_replies_are_counted(small: dict) -> None:
 
 
 def test_all_rejected_keeps_the_previous_model(small: dict) -> None:
-    _, out = run({**small, "client.fault": "shape", "client.fault-partitions": "0,1,2"})
-    rows = read_rounds(out)
+    with pytest.raises(NothingAggregated):  # the run ends failed, its results kept
+        run({**small, "client.fault": "shape", "client.fault-partitions": "0,1,2"})
+    rows = read_rounds(Path(small["output-dir"]) / small["run-name"])
     assert all(r["rejected"] == 3 and r["clients"] == 0 for r in rows[1:])
     assert rows[2]["accuracy"] == rows[1]["accuracy"] == rows[0]["accuracy"]
 

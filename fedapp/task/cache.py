@@ -39,10 +39,8 @@ class ArrayCache:
         if key in self._memory:
             return self._memory[key]
         path = self.directory(cfg) / f"{key}.npz"
-        try:
-            with np.load(path) as npz:
-                value = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError):
+        value = self._read(path)
+        if value is None:  # built outside any `except`, so its errors chain to nothing
             value = build()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -50,6 +48,15 @@ class ArrayCache:
             os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
         self._memory[key] = value
         return value
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, np.ndarray] | None:
+        """The cached arrays, or ``None`` when the file is missing or unreadable."""
+        try:
+            with np.load(path) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError):
+            return None
 
 
 def recipe(cfg: DataConfig, seed: int, **extra: object) -> dict[str, object]:

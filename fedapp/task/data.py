@@ -8,8 +8,10 @@ Sources (``data.dataset``):
 - ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: Hugging Face Hub
   datasets through flwr-datasets' ``FederatedDataset``; need a reachable hub
   (or a warm local cache).
-- ``local``: a parquet file or an image folder (``data.path``), partitioned like
-  the others; a node's own ``data-path`` (node config) is used whole instead.
+- ``local``: a parquet file or an image folder (``data.path``; :mod:`fedapp.task.local_files`),
+  partitioned like the others; a node's own ``data-path`` (node config) is used whole
+  instead. Parquet is read with pyarrow, so files written by ``datasets`` and by plain
+  pyarrow (``image`` as a struct ``{bytes, path}``) both load.
 
 Offline and local pools are shuffled with the run seed, a global test split is
 held out for the server, and the rest is partitioned with a flwr-datasets
@@ -34,6 +36,7 @@ from torch import Tensor
 
 from fedapp.config import DataConfig
 from fedapp.task.cache import ArrayCache, recipe
+from fedapp.task.local_files import LocalFileError, decode_images, read_local_file
 from fedapp.task.models import ImageSpec
 from fedapp.task.partition import make_partitioner, partition_indices
 from fedapp.task.seeding import PURPOSE_PARTITION, derive_seed
@@ -132,40 +135,24 @@ def _set_offline_switches() -> None:
 
 def _hf_to_arrays(ds: object, image_col: str, label_col: str) -> Arrays:
     """Decode a Hugging Face dataset's image and label columns into :class:`Arrays`."""
-    images = ds[image_col]  # type: ignore[index]
-    if len(images) == 0:
-        raise DataError("the dataset has no rows")
-    mode = "L" if images[0].mode in ("L", "1", "I", "I;16", "F") else "RGB"
-    size = images[0].size
-    decoded = []
-    for img in images:
-        if img.size != size:
-            raise DataError(f"images differ in size ({img.size} vs {size}); resize them first")
-        decoded.append(np.asarray(img.convert(mode), dtype=np.uint8))
-    return Arrays(_nchw(np.stack(decoded)), np.asarray(ds[label_col], dtype=np.int64))  # type: ignore[index]
+    try:
+        images = decode_images(list(ds[image_col]), "the dataset")  # type: ignore[index]
+    except LocalFileError as exc:
+        raise DataError(str(exc)) from None
+    return Arrays(_nchw(images), np.asarray(ds[label_col], dtype=np.int64))  # type: ignore[index]
 
 
 def read_local(path: str) -> Arrays:
-    """Read a parquet file (an Image column plus ``label``) or an image folder."""
+    """Read a parquet file or an image folder (:data:`fedapp.task.local_files.LOCAL_FORMATS`)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist; {OFFLINE_HINT}")
     _set_offline_switches()
-    from datasets import Image, load_dataset
-
-    if p.is_dir():
-        ds = load_dataset("imagefolder", data_dir=str(p), split="train")
-    elif p.suffix == ".parquet":
-        ds = load_dataset("parquet", data_files=str(p), split="train")
-    else:
-        raise DataError(f"data path {str(p)!r} is neither a .parquet file nor an image folder")
-    image_cols = [c for c, f in ds.features.items() if isinstance(f, Image)]
-    label_cols = [c for c in ("label", "fine_label", "labels") if c in ds.features]
-    if not image_cols or not label_cols:
-        raise DataError(
-            f"{str(p)!r} needs an image column and a 'label' column; found {list(ds.features)}"
-        )
-    return _hf_to_arrays(ds, image_cols[0], label_cols[0])
+    try:
+        images, labels = read_local_file(p)
+    except LocalFileError as exc:
+        raise DataError(str(exc)) from None
+    return Arrays(_nchw(images), labels)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
