@@ -8,8 +8,9 @@ directory shared by the three:
   :func:`fedapp.task.data.load_client_data` call, which finds no cache;
 - **warm disk**: a second fresh process, another partition id: the case of every
   new Ray actor and every deployment message once one process has run;
-- **per new client**: in one warm process, the call for each of ``--new-clients``
-  partition ids not loaded before (median, milliseconds), for each partitioner.
+- **per new client**: in one warm process, for each partitioner, the first
+  client's call (which partitions the pool, ``first-client-ms``) and then the call
+  for each of ``--new-clients`` partition ids not loaded before (median, ms).
 
 ``--code-root`` runs the children against another checkout (e.g. ``/work/main``)
 so old and new code are measured side by side in one run.
@@ -50,7 +51,9 @@ for mode, partition in spec["calls"]:
         load_client_data(cfg, 0, spec["first-id"], spec["clients"])
         out[f"first-call-s-{partition}"] = time.perf_counter() - t0
     else:
+        t0 = time.perf_counter()
         load_client_data(cfg, 0, 0, spec["clients"])  # this partitioner's one-off work
+        out[f"first-client-ms-{partition}"] = 1000 * (time.perf_counter() - t0)
         times = []
         for pid in range(1, 1 + spec["new-clients"]):
             t0 = time.perf_counter()
@@ -90,6 +93,7 @@ def measure(code_root: Path, clients: int, new_clients: int) -> dict[str, Any]:
         "code-root": str(code_root), "clients": clients, "new-clients": new_clients,
         "cold-disk": {"import-s": cold["import-s"], "first-call-s": cold["first-call-s-iid"]},
         "warm-disk": {"import-s": warm["import-s"], "first-call-s": warm["first-call-s-iid"]},
+        "first-client-ms": {p: per[f"first-client-ms-{p}"] for p in parts},
         "new-client-ms": {p: per[f"new-client-ms-{p}"] for p in parts},
     }
 
@@ -107,12 +111,13 @@ def main() -> None:
     print(f"mnist-offline, {args.clients} partitions, fresh processes (machine load: "
           f"{os.getloadavg()[0]:.1f})")
     print(f"{'code':<28}{'import s':>9}{'1st call cold s':>16}{'1st call warm s':>16}"
-          f"{'new iid ms':>11}{'new dir ms':>11}{'new path ms':>12}")
+          f"{'1st dir ms':>11}{'new iid ms':>11}{'new dir ms':>11}{'new path ms':>12}")
     for r in rows:
         n = r["new-client-ms"]
         print(f"{r['code-root'][-28:]:<28}{r['warm-disk']['import-s']:>9.2f}"
               f"{r['cold-disk']['first-call-s']:>16.3f}{r['warm-disk']['first-call-s']:>16.3f}"
-              f"{n['iid']:>11.1f}{n['dirichlet']:>11.1f}{n['pathological']:>12.1f}")
+              f"{r['first-client-ms']['dirichlet']:>11.1f}"
+              f"{n['iid']:>11.2f}{n['dirichlet']:>11.2f}{n['pathological']:>12.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"load-1min": os.getloadavg()[0], "rows": rows}, indent=1))
     print(f"wrote {args.out}")
