@@ -66,8 +66,17 @@ def terminate(key: str, value: str, graces: tuple[float, float] = (15.0, 5.0)) -
 class FlwrCli:
     """Runs ``flwr`` commands against one private local SuperLink; use as a context manager."""
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | None = None,
+        netns: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """``netns``: run every ``flwr`` command (and so the SuperLink) in that network
+        namespace; ``extra_env`` (e.g. ``RAY_ADDRESS``) reaches the SuperLink and
+        the simulation it starts."""
         self._own_home = home is None
+        self._prefix = ["ip", "netns", "exec", netns] if netns else []
         self.home = Path(home or tempfile.mkdtemp(prefix="flwr-home-"))
         self.ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths stay short
         self.env = {
@@ -80,6 +89,7 @@ class FlwrCli:
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(extra_env or {}),
         }
 
     def __enter__(self) -> FlwrCli:
@@ -89,12 +99,13 @@ class FlwrCli:
         self.stop()
 
     def run(
-        self, run_config: str, federation: str, timeout: float = 600
+        self, run_config: str, federation: str, timeout: float = 600, app: Path = ROOT
     ) -> tuple[dict[str, Any], str]:
-        """``flwr run . --stream``; returns the run's ``flwr list`` entry and its log."""
+        """``flwr run <app> --stream`` (default: fedzg); returns the run's ``flwr list``
+        entry and its log."""
         proc = subprocess.run(
-            [FLWR, "run", ".", "--run-config", run_config, "--federation-config", federation,
-             "--stream"],
+            [*self._prefix, FLWR, "run", str(app), "--run-config", run_config,
+             "--federation-config", federation, "--stream"],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
         )
         log = proc.stdout + proc.stderr
@@ -104,7 +115,7 @@ class FlwrCli:
         if run_id is None:
             raise RuntimeError(f"flwr run did not start:\n{log[-3000:]}")
         listing = subprocess.run(
-            [FLWR, "list", "--format", "json"], cwd=ROOT, env=self.env,
+            [*self._prefix, FLWR, "list", "--format", "json"], cwd=ROOT, env=self.env,
             capture_output=True, text=True, timeout=60,
         )
         runs = json.loads(listing.stdout)["runs"]

@@ -6,14 +6,20 @@ namespace; host ``i`` gets namespace ``<tag>-h<i>`` with address
 the host's own subnet). Both ends of every connection must run inside
 namespaces. ``tc ... tbf`` limits a host's egress (``netem`` is not available
 here). Names carry the creating process's PID, and :meth:`Lab.down` deletes
-every namespace it made, which also removes their veth pairs.
+every namespace it made, which also removes their veth pairs. :class:`RayCluster`
+runs a Ray head and workers on such hosts (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
+import uuid
 from dataclasses import dataclass, field
+
+from bench.flwr_cli import terminate
 
 
 def _ip(*args: str) -> None:
@@ -46,6 +52,10 @@ class Lab:
 
     def addr(self, i: int) -> str:
         return f"198.18.1.{i + 1}"
+
+    def inode(self, i: int) -> int:
+        """Inode of host ``i``'s network namespace (what ``/proc/self/ns/net`` shows inside)."""
+        return os.stat(f"/run/netns/{self.ns(i)}").st_ino
 
     def dev(self, i: int) -> str:
         return f"v{self.tag[2:]}h{i}"[:15]  # interface names are at most 15 bytes
@@ -103,3 +113,90 @@ class Lab:
         for ns in reversed(self.made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         self.made.clear()
+
+
+class RayCluster:
+    """A Ray cluster over a :class:`Lab`: the head on host 0, a worker on each host after it.
+
+    Every node is ``ray start --block`` inside its namespace with
+    ``--node-ip-address`` set to the host's address (Ray's own detection needs a
+    route to 8.8.8.8), ``cpus`` CPUs and a small object store. The processes carry
+    a marker in their environment, inherited by the raylets and every worker and
+    actor they spawn, and :meth:`stop` ends exactly those (never ``ray stop``,
+    which would end every Ray on the machine). ``node_env[i]`` adds variables to
+    node ``i`` (e.g. its own ``XDG_CACHE_HOME``).
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        nodes: int,
+        workdir: str,
+        cpus: int = 1,
+        port: int = 6379,
+        node_env: dict[int, dict[str, str]] | None = None,
+    ) -> None:
+        self.lab, self.nodes, self.workdir, self.cpus, self.port = lab, nodes, workdir, cpus, port
+        self.node_env = node_env or {}
+        self.marker = uuid.uuid4().hex
+        self.ray = os.path.join(os.path.dirname(sys.executable), "ray")
+        self.env = {**os.environ, "FZ_RAY_CLUSTER": self.marker, "RAY_TMPDIR": workdir,
+                    "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+
+    @property
+    def address(self) -> str:
+        """What ``RAY_ADDRESS`` (and ``ray start --address``) takes: the head's GCS."""
+        return f"{self.lab.addr(0)}:{self.port}"
+
+    def __enter__(self) -> RayCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 180.0) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        for i in range(self.nodes):
+            role = (["--head", "--port", str(self.port), "--include-dashboard", "false"]
+                    if i == 0 else ["--address", self.address])
+            with open(os.path.join(self.workdir, f"node{i}.log"), "w") as log:
+                subprocess.Popen(
+                    ["ip", "netns", "exec", self.lab.ns(i), self.ray, "start", *role,
+                     "--node-ip-address", self.lab.addr(i), "--num-cpus", str(self.cpus),
+                     "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", "--block"],
+                    env={**self.env, **self.node_env.get(i, {})}, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            if i == 0:
+                time.sleep(3)  # the workers dial the head's GCS
+        self.wait_for_nodes(timeout)
+
+    def wait_for_nodes(self, timeout: float) -> None:
+        """Block until all nodes are alive, seen from a driver in the head's namespace."""
+        probe = (
+            "import sys, time, ray\n"
+            f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
+            f"end = time.time() + {timeout}\n"
+            f"while len([n for n in ray.nodes() if n['Alive']]) < {self.nodes}:\n"
+            "    if time.time() > end: sys.exit(1)\n"
+            "    time.sleep(0.5)\n"
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.lab.ns(0), sys.executable, "-c", probe],
+            env=self.env, capture_output=True, text=True, timeout=timeout + 60,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"the Ray cluster did not come up:\n{proc.stderr[-2000:]}{self.tails()}")
+
+    def tails(self) -> str:
+        out = []
+        for i in range(self.nodes):
+            path = os.path.join(self.workdir, f"node{i}.log")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out.append(f"--- node {i}\n{f.read()[-1500:]}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        terminate("FZ_RAY_CLUSTER", self.marker)

@@ -17,7 +17,7 @@ from fedapp.task.data import (
     load_server_val,
     read_local,
 )
-from fedapp.task.partition import label_histogram, make_partitioner, partition_indices
+from fedapp.task.partition import label_histogram, partition_all
 
 
 def data_cfg(run_config: dict, **overrides: object) -> DataConfig:
@@ -98,11 +98,10 @@ def test_dirichlet_respects_min_partition_size_and_skews() -> None:
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat(np.arange(10), 100))
     sizes, classes, taken = [], [], []
-    for pid in range(10):
-        part = make_partitioner(
-            "dirichlet", 10, alpha=0.1, min_partition_size=20, classes_per_client=2, seed=1
-        )
-        idx = partition_indices(labels, part, pid)
+    parts = partition_all(
+        "dirichlet", labels, 10, alpha=0.1, min_partition_size=20, classes_per_client=2, seed=1
+    )
+    for idx in parts:
         sizes.append(len(idx))
         taken.append(idx)
         classes.append(len(np.unique(labels[idx])))
