@@ -16,6 +16,10 @@ and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
   arranged as HERON-SFL's client front (SPEC §4.4, [INFERRED]): the first 3x3
   conv + BN + ReLU of stage 1 belongs to the stem, and the residual it skips
   starts at its output, so no skip connection crosses the default cut.
+- ``resnet18-cifar-cut``: the CIFAR-stem ResNet-18 (3x3 s1 stem, no max-pool)
+  arranged the same way for HERON-SFL's cut after ``layer1[0].bn1`` (cut output
+  64x32x32 on 32x32 inputs), the stem that matches the paper's FLOPs
+  (SPEC §4.3, [INFERRED]).
 - ``vtc-cnn-0.5/1/1.5/2``: FedVTC's heterogeneous zoo (SPEC §5.2, our reading of
   Niu, Dong, Qin, arXiv 2508.01669): one CNN design at four channel multipliers,
   each projecting into the common latent space of size p = 64.
@@ -237,6 +241,42 @@ class ResNet18ImageNet(SplitModel):
         self.latent_dim = c_in
 
 
+class ResNet18CifarCut(SplitModel):
+    """CIFAR-stem ResNet-18 arranged for HERON-SFL's cut after ``layer1[0].bn1`` (SPEC §4.3).
+
+    Layers 0-4 are the client front: conv3x3 s1 (3->64), BN, ReLU, then the
+    first basic block's conv3x3 (64->64) and BN (``layer1[0].conv1``,
+    ``layer1[0].bn1``); the cut output is 64xHxW (64x32x32 on CIFAR-10). Then the
+    block's ReLU and :class:`HalfBlock` (its second conv and BN, the identity
+    taken from the cut, as in :class:`ResNet18ImageNet`), one more 64-wide block,
+    stages 2-4, global average pool and a linear head: the parameters and FLOPs
+    of the CIFAR ``resnet18``. The stem is [INFERRED] from the paper's FLOPs
+    (39.90 / 59.85 GFLOPs at B = 256): this cut gives about 41.1 / 60.8 by
+    torch's counter, the ImageNet-stem cut 8-10x less.
+    """
+
+    def __init__(self, spec: ImageSpec) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(spec.channels, 64, 3, 1, 1, bias=False),  # (B, 64, H, W)
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, 1, 1, bias=False),  # layer1[0].conv1
+            nn.BatchNorm2d(64),  # layer1[0].bn1: the default cut, (B, 64, H, W)
+            nn.ReLU(),
+            HalfBlock(64),
+            BasicBlock(64, 64, 1),
+        ]
+        c_in = 64
+        for width in (128, 256, 512):
+            layers += [BasicBlock(c_in, width, 2), BasicBlock(width, width, 1)]
+            c_in = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512)
+        self.feature_net = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, spec.num_classes)
+        self.latent_dim = c_in
+
+
 class VTCCNN(SplitModel):
     """FedVTC zoo member: two conv blocks of width 16m and 32m, then a projection to p.
 
@@ -279,6 +319,7 @@ MODELS: dict[str, ModelFactory] = {
     "resnet34": lambda spec: ResNet(spec, BasicBlock, [3, 4, 6, 3]),
     "resnet50": lambda spec: ResNet(spec, Bottleneck, [3, 4, 6, 3]),
     "resnet18-imagenet": ResNet18ImageNet,
+    "resnet18-cifar-cut": ResNet18CifarCut,
     "vtc-cnn-0.5": lambda spec: VTCCNN(spec, 0.5),
     "vtc-cnn-1": lambda spec: VTCCNN(spec, 1.0),
     "vtc-cnn-1.5": lambda spec: VTCCNN(spec, 1.5),

@@ -18,7 +18,8 @@ disjoint and their union is the full model's state dict: the server evaluates
 
 Default cuts (``heron.cut-layer = 0``): ``resnet18-imagenet`` after the stem of
 SPEC §4.4 (conv7x7 s2, BN, ReLU, max-pool, conv3x3, BN, ReLU: 64x8x8 on 32x32
-inputs); ``fedgen-cnn`` and ``cnn`` after their convolutions; the CIFAR-style
+inputs); ``resnet18-cifar-cut`` after ``layer1[0].bn1`` of the CIFAR-stem
+ResNet-18 (64x32x32, the cut that matches the paper's FLOPs, SPEC §4.3); ``fedgen-cnn`` and ``cnn`` after their convolutions; the CIFAR-style
 ResNets after their 3x3 stem; ``mlp`` after its hidden layer; any other model
 halfway through its layer chain.
 """
@@ -41,6 +42,7 @@ AuxPool = Literal["flatten", "avg"]
 #: Layers in the front-end when ``heron.cut-layer = 0``, by model name.
 DEFAULT_CUTS: dict[str, int] = {
     "resnet18-imagenet": 7,  # conv7x7, BN, ReLU, max-pool, conv3x3, BN, ReLU
+    "resnet18-cifar-cut": 5,  # conv3x3, BN, ReLU, layer1[0].conv1, layer1[0].bn1
     "fedgen-cnn": 6,  # conv, BN, ReLU, conv, BN, ReLU: (16, H/4, W/4)
     "cnn": 6,  # conv, ReLU, pool, conv, ReLU, pool: (64, H/4, W/4)
     "mlp": 3,  # flatten, linear, ReLU
