@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fedapp.task import directions, zo
+from fedapp.task.fedzge import seeded_queries
 from fedapp.task.models import ImageSpec, build_model
 
 CUDA = torch.cuda.is_available()
@@ -189,6 +190,8 @@ def test_cpu_and_cuda_give_the_same_bits(kernel: str, monkeypatch: pytest.Monkey
     assert torch.equal(directions.normals(4, 5, n), directions.normals(4, 5, n, "cuda").cpu())
     assert torch.equal(zo.unit_directions((7, 3, 4, 4), 3, 8),
                        zo.unit_directions((7, 3, 4, 4), 3, 8, "cuda").cpu())
+    x = torch.rand(7, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seeded_queries(x, 3, 8, 1e-3), seeded_queries(x.cuda(), 3, 8, 1e-3).cpu())
     spec = ImageSpec(3, 8, 8, 4)
     steps = [zo.ZOStep(seeds=(s, s + 1), grads=(0.3, -1.2), lr=0.05, num_directions=2,
                        weight_decay=1e-2) for s in range(5)]

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 
 import torch
@@ -261,38 +261,37 @@ class Layout:
         if not tensors:
             raise ValueError("a direction needs at least one tensor")
         self.device = tensors[0].device
-        self.flats = []
+        self.flats: list[Tensor] = []
         for t in tensors:
             if not t.is_contiguous():
                 raise ValueError(f"directions need contiguous tensors; got shape {tuple(t.shape)}")
             self.flats.append(t.view(-1))
-        self.starts: list[int] = []
-        total = 0
-        for f in self.flats:
-            self.starts.append(total)
-            total += f.numel()
-        if total > MAX_ELEMENTS:
-            raise ValueError(f"{total} elements: directions support at most 2^31 - 1")
-        self.total = total
-        self.chunk = chunk or CHUNK.get(self.device.type, CHUNK["cuda"])
+        self.sizes = [f.numel() for f in self.flats]
+        self.starts = [0] * len(self.sizes)
+        for i in range(1, len(self.sizes)):
+            self.starts[i] = self.starts[i - 1] + self.sizes[i - 1]
+        self.total = self.starts[-1] + self.sizes[-1]
+        if self.total > MAX_ELEMENTS:
+            raise ValueError(f"{self.total} elements: directions support at most 2^31 - 1")
+        self.chunk = max(1, min(chunk or CHUNK.get(self.device.type, CHUNK["cuda"]), self.total))
+        self.float32 = all(f.dtype == torch.float32 for f in self.flats)
 
     def pieces(self, start: int, n: int, z: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Matching (tensor slice, z slice) views for global elements [start, start+n)."""
-        dst, src = [], []
-        i = bisect_right(self.starts, start) - 1
         stop = start + n
-        while i < len(self.flats) and self.starts[i] < stop:
-            lo, hi = max(start, self.starts[i]), min(stop, self.starts[i] + self.flats[i].numel())
-            if hi > lo:
-                flat = self.flats[i]
-                dst.append(flat if hi - lo == flat.numel() else flat[lo - self.starts[i]:hi - self.starts[i]])
-                piece = z[lo - start:hi - start]
-                src.append(piece if flat.dtype == piece.dtype else piece.to(flat.dtype))
-            i += 1
+        first, last = bisect_right(self.starts, start) - 1, bisect_left(self.starts, stop)
+        dst, sizes = [], []
+        for k in range(first, last):
+            lo, size = self.starts[k], self.sizes[k]
+            a, b = max(start - lo, 0), min(stop - lo, size)
+            dst.append(self.flats[k] if a == 0 and b == size else self.flats[k][a:b])
+            sizes.append(b - a)
+        src = list(z.split(sizes))
+        if not self.float32:
+            src = [s.to(d.dtype) for s, d in zip(src, dst, strict=True)]
         return dst, src
 
 
-@torch.no_grad()
 def add_direction_(
     tensors: Sequence[Tensor], seed: int, coeffs: float | Sequence[float],
     chunk: int | None = None,
@@ -303,10 +302,13 @@ def add_direction_(
     the same on every device and for every chunking. Several coefficients share
     one generation: ``[a, b]`` gives exactly the bits of two calls, a then b.
     """
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return add_direction_(tensors, seed, coeffs, chunk)
     scales = [exact_coefficient(c) for c in ([coeffs] if isinstance(coeffs, float | int) else coeffs)]
     scales = [a for a in scales if a != 0.0]
     if not scales:
-        return
+        return None
     layout = Layout(tensors, chunk)
     gen = chunk_generator(layout.device, layout.chunk)
     for start, n in _chunks(layout.total, layout.chunk):
@@ -314,6 +316,7 @@ def add_direction_(
         dst, src = layout.pieces(start, n, z)
         for a in scales:
             torch._foreach_add_(dst, src, alpha=a)
+    return None
 
 
 _NORMS: dict[tuple[int, int], int] = {}
@@ -325,7 +328,7 @@ def square_norm(seed: int, total: int, device: torch.device | str = "cpu", chunk
     key = (int(seed), int(total))
     if key not in _NORMS:
         device = torch.device(device)
-        chunk = chunk or CHUNK.get(device.type, CHUNK["cuda"])
+        chunk = max(1, min(chunk or CHUNK.get(device.type, CHUNK["cuda"]), total))
         gen = chunk_generator(device, chunk)
         acc = torch.zeros((), dtype=torch.float64, device=device)
         for start, n in _chunks(total, chunk):
