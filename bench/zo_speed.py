@@ -15,6 +15,9 @@ the table gives the median milliseconds per step:
   (three regenerations on the device) with the default backend (``auto``: the
   fused kernel on CUDA when it checks out, else the eager kernel) and, on CUDA,
   with the eager kernel forced;
+- ``dir-legacy`` / ``dir``: the same two ZO steps with the forwards replaced by
+  a constant-time loss, i.e. only the direction work of one step (robust to the
+  load of a shared CPU, where the forwards' time drifts);
 - ``gen-*``: one regeneration (θ += a·v over all parameters) alone.
 
 Usage::
@@ -160,6 +163,19 @@ def modes(model: torch.nn.Module, x: Tensor, y: Tensor, device: torch.device
             zo.apply_step_(params, record, "gaussian", pending)
         return step
 
+    alternating = iter(v for _ in range(10**9) for v in (1.0, 0.5))
+
+    def no_forward() -> float:
+        return next(alternating)
+
+    def dir_step() -> None:
+        os.environ["FEDZG_ZO_BACKEND"] = "auto"
+        seeds = [next(counter)]
+        grads, _, pending = zo.estimate_(no_forward, params, seeds, 1e-3, "central", "gaussian",
+                                         model, restore=False)
+        record = zo.ZOStep(tuple(seeds), tuple(float(np.float32(g)) for g in grads), 1e-7, 1)
+        zo.apply_step_(params, record, "gaussian", pending)
+
     def gen(backend: str) -> Callable[[], None]:
         def step() -> None:
             os.environ["FEDZG_ZO_BACKEND"] = backend
@@ -170,6 +186,8 @@ def modes(model: torch.nn.Module, x: Tensor, y: Tensor, device: torch.device
         "infer": infer, "fo": fo,
         "zo-legacy": lambda: legacy_step_(loss_at, params, next(counter), 1e-3, 1e-4),
         "zo-eager": zo_step("eager"), "zo": zo_step("auto"),
+        "dir-legacy": lambda: legacy_step_(no_forward, params, next(counter), 1e-3, 1e-7),
+        "dir": dir_step,
         "gen-legacy": lambda: legacy_perturb_(params, next(counter), 1e-6),
         "gen-eager": gen("eager"), "gen": gen("auto"),
     }
@@ -179,7 +197,7 @@ def modes(model: torch.nn.Module, x: Tensor, y: Tensor, device: torch.device
 
 
 def run(device: torch.device, model_name: str, batches: Sequence[int], steps: int, warmup: int,
-        repeats: int) -> dict[str, object]:
+        repeats: int, only: Sequence[str] = ()) -> dict[str, object]:
     spec = ImageSpec(3, 32, 32, 10)
     rows: dict[str, dict[str, list[float]]] = {}
     for batch in batches:
@@ -187,7 +205,7 @@ def run(device: torch.device, model_name: str, batches: Sequence[int], steps: in
         gen = torch.Generator().manual_seed(batch)
         x = torch.rand(batch, 3, 32, 32, generator=gen).to(device)
         y = torch.randint(0, 10, (batch,), generator=gen).to(device)
-        fns = modes(model, x, y, device)
+        fns = {k: f for k, f in modes(model, x, y, device).items() if not only or k in only}
         times: dict[str, list[float]] = {m: [] for m in fns}
         for name, fn in fns.items():
             timed(fn, device, warmup)
@@ -220,12 +238,14 @@ def print_table(result: dict[str, object]) -> None:
     med = result["median_ms"]
     assert isinstance(med, dict)
     names = list(next(iter(med.values())).keys())
-    print("| batch | " + " | ".join(names) + " | zo / infer | zo / fo | zo-legacy / zo |")
-    print("|---" * (len(names) + 4) + "|")
+    ratios = [("zo", "infer"), ("zo", "fo"), ("zo-legacy", "zo"), ("dir-legacy", "dir"),
+              ("gen-legacy", "gen")]
+    ratios = [(a, b) for a, b in ratios if a in names and b in names]
+    print("| batch | " + " | ".join(names) + "".join(f" | {a} / {b}" for a, b in ratios) + " |")
+    print("|---" * (len(names) + len(ratios) + 1) + "|")
     for batch, m in med.items():
         cells = " | ".join(f"{m[n]:.2f}" for n in names)
-        print(f"| {batch} | {cells} | {m['zo'] / m['infer']:.2f} | {m['zo'] / m['fo']:.2f} | "
-              f"{m['zo-legacy'] / m['zo']:.2f} |")
+        print(f"| {batch} | {cells}" + "".join(f" | {m[a] / m[b]:.2f}" for a, b in ratios) + " |")
 
 
 def main() -> None:
@@ -237,11 +257,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", default=[], help="a subset of the modes (default all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zo_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = run(torch.device(args.device), args.model, args.batches, args.steps, args.warmup,
-                 args.repeats)
+                 args.repeats, args.modes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print_table(result)
