@@ -5,7 +5,8 @@
 #   OUT=/tmp/gpu-dry bash bench/gpu_check.sh cpu quick   # dry run here, tiny sizes
 #
 # Every stage writes its JSON into $OUT as it goes, so a timeout still leaves data;
-# a failing stage is reported and the next one runs.
+# a failing stage is reported and the next one runs. The speed stage runs alone; the
+# HERON and memory stages (fresh processes, per-process allocator peaks) run together.
 set -u
 DEVICE=${1:-cuda}
 QUICK=${2:-}
@@ -28,7 +29,10 @@ if [ "$QUICK" = quick ]; then
 else
   stage identity python3 -m bench.gpu_identity --device "$DEVICE" --out "$OUT/gpu_identity.json"
   stage speed python3 -m bench.zo_speed --device "$DEVICE" --batches 64 256 --steps 20 --warmup 3 --out "$OUT/zo_speed_$DEVICE.json"
-  stage heron python3 -m bench.heron costs --device "$DEVICE" --repeats 1 --jobs 4 --out "$OUT/heron_costs_$DEVICE.json"
-  stage memory python3 -m bench.zo_memory --device "$DEVICE" --batches 64 256 --jobs 4 --out "$OUT/zo_memory_$DEVICE.json"
+  # memory and FLOPs are per process: these two stages may share the machine
+  stage heron python3 -m bench.heron costs --device "$DEVICE" --repeats 1 --jobs 4 --out "$OUT/heron_costs_$DEVICE.json" > "$OUT/heron.log" 2>&1 &
+  stage memory python3 -m bench.zo_memory --device "$DEVICE" --batches 64 256 --jobs 4 --out "$OUT/zo_memory_$DEVICE.json" > "$OUT/memory.log" 2>&1 &
+  wait
+  grep -v '^{' "$OUT/heron.log"; grep -v '^{' "$OUT/memory.log"
 fi
 ls -la "$OUT"
