@@ -115,7 +115,7 @@ def main() -> None:
                   f"{row['seconds']} s | {err[:200]} |", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=1))
-    result["fused-kernel"] = directions._FUSED.get(str(device)) is not None
+    result["fused-kernel"] = directions.fused_available(device)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"fused kernel on {device}: {result['fused-kernel']}")
     raise SystemExit(1 if failed else 0)

@@ -230,7 +230,7 @@ def machine(device: torch.device) -> dict[str, object]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-        info["fused-kernel"] = directions._FUSED.get(str(device)) is not None
+        info["fused-kernel"] = directions.fused_available(device)
     return info
 
 

@@ -177,6 +177,18 @@ def backend() -> str:
     return name
 
 
+def _device_key(device: torch.device) -> str:
+    """``cuda`` and ``cuda:0`` (when current) are one device: one compiled kernel."""
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """Whether the fused kernel runs on ``device`` (built and checked on first use)."""
+    return _FUSED.get(_device_key(torch.device(device))) is not None
+
+
 def _bucket(n: int) -> int:
     return max(1 << 16, 1 << (n - 1).bit_length())
 
@@ -219,13 +231,21 @@ def chunk_generator(device: torch.device, chunk: int) -> NormalsFn:
     """A chunk generator for ``device`` (chunks of at most ``chunk``): fused or eager, same bits."""
     name = backend()
     if name == "compiled" or (name == "auto" and device.type == "cuda"):
-        key = str(device)
+        key = _device_key(device)
         if key not in _FUSED:
             _FUSED[key] = _build_fused(device)
         fused = _FUSED[key]
         if fused is not None:
             return fused
-    return _EagerChunks(chunk, device)
+    if device.type != "cpu":
+        return _EagerChunks(chunk, device)
+    if len(_CPU_SCRATCH) > 8:
+        _CPU_SCRATCH.clear()
+    return _CPU_SCRATCH.setdefault(chunk, _EagerChunks(chunk, device))
+
+
+#: CPU scratch by chunk size (at most 12 B per element of a 2^18 chunk: 3 MiB), reused.
+_CPU_SCRATCH: dict[int, _EagerChunks] = {}
 
 
 def normals(seed: int, start: int, n: int, device: torch.device | str = "cpu") -> Tensor:
