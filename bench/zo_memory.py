@@ -21,7 +21,9 @@ the batch and the step's tensors), ``reserved`` = ``max_memory_reserved``,
 the warm-up step, ``peak`` = peak RSS (``VmHWM``, reset after the warm-up),
 ``step`` = peak − base, and ``live`` = the profiler's peak of live tensor bytes
 during one more step (allocator level, blind to the C library's heap
-retention). Ratios to ``infer`` use ``whole`` on CUDA and ``step`` on CPU.
+retention; ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment fixes glibc's
+mmap threshold so that freed activations go back to the system and RSS tracks
+live memory). Ratios to ``infer`` use ``whole`` on CUDA and ``step`` on CPU.
 
 Usage::
 
@@ -177,7 +179,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
     args.out.write_text(json.dumps({
         "rows": rows, "summary": summarise(rows, args.device), "device": args.device,
         "load": os.getloadavg(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-        "jobs": args.jobs,
+        "jobs": args.jobs, "malloc-mmap-threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }, indent=1))
 
 
