@@ -237,13 +237,13 @@ def chunk_generator(device: torch.device, chunk: int) -> NormalsFn:
             return fused
     if device.type != "cpu":
         return _EagerChunks(chunk, device)
-    if len(_CPU_SCRATCH) > 8:
-        _CPU_SCRATCH.clear()
-    return _CPU_SCRATCH.setdefault(chunk, _EagerChunks(chunk, device))
+    if not _CPU_SCRATCH or _CPU_SCRATCH[0].bufs[0].numel() < chunk:
+        _CPU_SCRATCH[:] = [_EagerChunks(chunk, device)]
+    return _CPU_SCRATCH[0]
 
 
-#: CPU scratch by chunk size (12 B per element: 1.5 MiB for a 2^17 chunk), reused.
-_CPU_SCRATCH: dict[int, _EagerChunks] = {}
+#: One CPU scratch, the largest chunk asked for (12 B per element: 1.5 MiB at 2^17), reused.
+_CPU_SCRATCH: list[_EagerChunks] = []
 
 
 def normals(seed: int, start: int, n: int, device: torch.device | str = "cpu") -> Tensor:
@@ -253,7 +253,7 @@ def normals(seed: int, start: int, n: int, device: torch.device | str = "cpu") -
         raise ValueError(f"direction elements [{start}, {start + n}) outside [0, 2^31 - 1)")
     chunk = CHUNK.get(device.type, CHUNK["cuda"])
     if n <= chunk:
-        return chunk_generator(device, max(n, 1))(seed, start, n, device).clone()
+        return chunk_generator(device, max(n, 1))(seed, start, n, device).clone()  # scratch view
     out = torch.empty(n, dtype=torch.float32, device=device)
     gen = chunk_generator(device, chunk)
     for s, m in _chunks(n, chunk):
