@@ -4,10 +4,11 @@ MeZO (Malladi et al., NeurIPS 2023, arXiv 2305.17333): the model is perturbed
 in place along a direction regenerated from a seed on the training device
 (:mod:`fedapp.task.directions`: never the global RNG, never a stored noise
 tensor), the loss is read at θ ± μv, and one more regeneration both undoes the
-last perturbation and applies the update (three passes per ``central`` step). No autograd
-graph is ever built: every forward runs under ``torch.inference_mode`` and no
-parameter ever gets a ``.grad`` buffer, so memory stays at inference level
-(plus one parameter copy with ``zo.exact-restore``, ``zo.momentum`` or FedProx).
+last perturbation and applies the update (three regenerations per ``central``
+step). No autograd graph is ever built: every forward runs under
+``torch.inference_mode`` and no parameter ever gets a ``.grad`` buffer, so memory
+stays at inference level (plus one parameter copy with ``zo.exact-restore``,
+``zo.momentum`` or FedProx).
 
 SPEC §1 and §6.2: ``central`` (2P forwards) or ``forward`` (P+1 forwards)
 two-point estimator, ``gaussian`` or ``sphere`` directions, P directions per

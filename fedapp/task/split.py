@@ -19,9 +19,10 @@ disjoint and their union is the full model's state dict: the server evaluates
 Default cuts (``heron.cut-layer = 0``): ``resnet18-imagenet`` after the stem of
 SPEC §4.4 (conv7x7 s2, BN, ReLU, max-pool, conv3x3, BN, ReLU: 64x8x8 on 32x32
 inputs); ``resnet18-cifar-cut`` after ``layer1[0].bn1`` of the CIFAR-stem
-ResNet-18 (64x32x32, the cut that matches the paper's FLOPs, SPEC §4.3); ``fedgen-cnn`` and ``cnn`` after their convolutions; the CIFAR-style
-ResNets after their 3x3 stem; ``mlp`` after its hidden layer; any other model
-halfway through its layer chain.
+ResNet-18 (64x32x32, the cut that matches the paper's FLOPs, SPEC §4.3);
+``fedgen-cnn`` and ``cnn`` after their convolutions; the CIFAR-style ResNets
+after their 3x3 stem; ``mlp`` after its hidden layer; any other model halfway
+through its layer chain.
 """
 
 from __future__ import annotations
