@@ -35,15 +35,8 @@ from clients.base import FitPlan, FitStats, measured
 from fedapp.task.data import Arrays
 from fedapp.task.metering import Meter, StepCost, step_cost, tensor_mb
 from fedapp.task.seeding import derive_seed
-from fedapp.task.zo import (
-    Direction,
-    Estimator,
-    TensorAdam,
-    TensorSGD,
-    estimate_tensors,
-    frozen_bn_stats,
-    projected_gradients,
-)
+from fedapp.task.zo import Direction, Estimator, estimate_, estimate_tensors, frozen_bn_stats
+from fedapp.task.zo_optim import TensorAdam, TensorSGD
 
 #: The local objective on θ_l: (local = front then aux, x (B, ...), y (B,)) -> scalar loss.
 LocalLossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -200,11 +193,12 @@ class SplitZerothOrderTrainer:
                     front(x)
                 meter.forward_passes += 1
             seeds = [derive_seed(plan.direction_seed, i, p) for p in range(plan.directions)]
-            grads, loss = projected_gradients(
+            grads, loss, pending = estimate_(
                 lambda: float(loss_fn(local, x, y)), params, seeds, plan.smoothing,
-                plan.estimator, plan.direction, model=local,
+                plan.estimator, plan.direction, model=local, restore=False,
             )
-            opt.step_(estimate_tensors(params, seeds, grads, plan.direction))
+            # the estimate's pass also undoes the last perturbation, tensor by tensor
+            opt.step_(estimate_tensors(params, seeds, grads, plan.direction, pending=pending))
             meter.forward_passes += passes
             return loss
 

@@ -1,12 +1,14 @@
 """Forward-only zeroth-order local training (trainer ``zo``).
 
 MeZO (Malladi et al., NeurIPS 2023, arXiv 2305.17333): the model is perturbed
-in place along a direction regenerated from a seed by a private CPU
-``torch.Generator`` (never the global RNG, never a stored noise tensor), the
-loss is read at θ ± μv, and the update is one more regeneration. No autograd
-graph is ever built: every forward runs under ``torch.inference_mode`` and no
-parameter ever gets a ``.grad`` buffer, so memory stays at inference level
-(plus one parameter copy with ``zo.exact-restore``, ``zo.momentum`` or FedProx).
+in place along a direction regenerated from a seed on the training device
+(:mod:`fedapp.task.directions`: never the global RNG, never a stored noise
+tensor), the loss is read at θ ± μv, and one more regeneration both undoes the
+last perturbation and applies the update (three regenerations per ``central``
+step). No autograd graph is ever built: every forward runs under
+``torch.inference_mode`` and no parameter ever gets a ``.grad`` buffer, so memory
+stays at inference level (plus one parameter copy with ``zo.exact-restore``,
+``zo.momentum`` or FedProx).
 
 docs/zeroth-order.md and docs/strategies/zo-seed.md (Client step): ``central`` (2P forwards) or
 ``forward`` (P+1 forwards) two-point estimator, ``gaussian`` or ``sphere`` directions, P
@@ -105,12 +107,16 @@ class ZerothOrderTrainer:
             batch[:] = [x, y]
             seeds = zo.step_seeds(plan.seed_base, len(steps), plan.num_directions, plan.seed_salt)
             snapshot = [p.detach().clone() for p in params] if plan.exact_restore else []
-            grads, loss = zo.projected_gradients(
-                loss_at, params, seeds, plan.mu, plan.estimator, plan.direction, model
+            # the last perturbation is undone in the update's own pass (or by the snapshot)
+            grads, loss, pending = zo.estimate_(
+                loss_at, params, seeds, plan.mu, plan.estimator, plan.direction, model,
+                restore=False,
             )
-            with torch.no_grad():
-                for p, s in zip(params, snapshot):
-                    p.copy_(s)
+            if snapshot:
+                with torch.no_grad():
+                    for p, s in zip(params, snapshot, strict=True):
+                        p.copy_(s)
+                pending = None
             # the uploaded scalars are float32; the update uses exactly what is uploaded
             record = zo.ZOStep(
                 seeds=tuple(seeds),
@@ -121,9 +127,9 @@ class ZerothOrderTrainer:
             )
             steps.append(record)
             if velocity:
-                _momentum_step_(params, velocity, record, plan.momentum, plan.direction)
+                _momentum_step_(params, velocity, record, plan.momentum, plan.direction, pending)
             else:
-                zo.apply_step_(params, record, plan.direction)
+                zo.apply_step_(params, record, plan.direction, pending)
             return loss
 
         return replace(measured(data, plan, device, step, meter), zo_steps=tuple(steps))
@@ -132,11 +138,14 @@ class ZerothOrderTrainer:
 @torch.no_grad()
 def _momentum_step_(
     params: list[Tensor], velocity: list[Tensor], record: zo.ZOStep,
-    momentum: float, direction: zo.Direction,
+    momentum: float, direction: zo.Direction, pending: zo.Pending | None,
 ) -> None:
-    """Heavy ball on the ZO estimate: m ← βm + ĝ; θ ← (1 − ηλ)θ − ηm (delta uploads only)."""
+    """Heavy ball on the ZO estimate: m ← βm + ĝ; θ ← (1 − ηλ)θ − ηm (delta uploads only).
+
+    ``pending`` (the last perturbation) is undone tensor by tensor before the update.
+    """
     decays = zo.decay_mask(params)
-    estimates = zo.estimate_tensors(params, record.seeds, record.grads, direction)
+    estimates = zo.estimate_tensors(params, record.seeds, record.grads, direction, pending=pending)
     for (p, est), m, d in zip(estimates, velocity, decays, strict=True):
         if d and record.weight_decay:
             p.mul_(1.0 - record.lr * record.weight_decay)

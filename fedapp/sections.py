@@ -19,6 +19,7 @@ DatasetName = Literal[
 PartitionName = Literal["iid", "dirichlet", "pathological"]
 ModelName = Literal[
     "fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50", "resnet18-imagenet",
+    "resnet18-cifar-cut",
     "vtc-cnn-0.5", "vtc-cnn-1", "vtc-cnn-1.5", "vtc-cnn-2",
 ]
 OptimizerName = Literal["sgd", "adam"]

@@ -206,4 +206,6 @@ def test_per_sample_coefficients_reduce_the_variance_of_the_estimate() -> None:
         losses = zge.generator_losses(ens, srv, batches, lat, w, per_sample=per_sample)
         est = zge.zo_image_gradient(losses, u, eps)
         cos[per_sample] = float(F.cosine_similarity(est.flatten(), x.grad.flatten(), dim=0))
-    assert cos[True] > 0.8 > 0.5 > cos[False], cos
+    # per-sample: E[cos] ≈ √(q / (q + D − 1)) = √(20/31) ≈ 0.80 for D = 12 (0.79-0.81 over
+    # direction seeds); one batch-level coefficient mixes all 64 samples (≈ 0.17)
+    assert cos[True] > 0.75 > 0.5 > cos[False], cos

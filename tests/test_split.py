@@ -66,6 +66,26 @@ def test_resnet18_imagenet_default_cut_is_the_papers_stem() -> None:
     assert n_conv == 17  # plus the linear head: 18 weighted layers
 
 
+def test_resnet18_cifar_cut_is_the_cut_that_matches_the_papers_flops() -> None:
+    # docs/strategies/heron-sfl.md (Settings and reference numbers) [INFERRED]: CIFAR stem, cut after layer1[0].bn1, 64x32x32, aux = one Linear;
+    # one forward of front + aux at B = 256 is ≈ 20.5 GFLOPs, so ZO (2 forwards) ≈ 41.1
+    # and FO (forward + backward without the input gradient) ≈ 60.8 (paper: 39.90 / 59.85)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parts = build_split("resnet18-cifar-cut", CIFAR)
+    assert parts.cut == DEFAULT_CUTS["resnet18-cifar-cut"] == 5
+    assert parts.cut_shape == (64, 32, 32)
+    assert isinstance(parts.front.chain[-1], torch.nn.BatchNorm2d)
+    assert sum(p.numel() for p in parts.front.parameters()) == 3 * 64 * 9 + 64 * 64 * 9 + 4 * 64
+    assert sum(p.numel() for p in parts.aux.parameters()) == 65_536 * 10 + 10
+    full = build_model("resnet18-cifar-cut", CIFAR)
+    assert sum(p.numel() for p in full.parameters()) == sum(
+        p.numel() for p in build_model("resnet18", CIFAR).parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        parts.aux(parts.front(torch.zeros(256, 3, 32, 32)))
+    assert abs(2 * counter.get_total_flops() / 1e9 - 41.1) < 0.2
+
+
 def test_fedgen_cnn_is_cut_after_its_convolutions() -> None:
     parts = build_split("fedgen-cnn", MNIST, aux_pool="avg")
     assert parts.cut_shape == (16, 7, 7)

@@ -15,7 +15,7 @@ from fedapp.task.data import Arrays, batches
 from fedapp.task.models import ImageSpec
 from fedapp.task.seeding import torch_generator
 from fedapp.task.split import SplitParts, build_split
-from fedapp.task.zo import TensorAdam
+from fedapp.task.zo_optim import TensorAdam
 
 SPEC = ImageSpec(1, 4, 4, 2)  # 16 "pixels", 2 classes
 CPU = torch.device("cpu")

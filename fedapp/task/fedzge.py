@@ -111,12 +111,12 @@ def perturbed_queries(x: Tensor, u: Tensor, eps: float) -> Tensor:
 def seeded_queries(x: Tensor, num_directions: int, seed: int, eps: float) -> Tensor:
     """The q perturbed copies of x from a direction seed: (q, N, *x) on x's device.
 
-    Directions come from :func:`fedapp.task.zo.unit_directions` (CPU, float32,
-    private generator) and the sum is formed on the CPU, so every machine gets the
-    same bits before the batches move to the device.
+    Directions come from :func:`fedapp.task.zo.unit_directions`, generated on x's
+    device with the same bits as on the server's CPU; the sum is one multiply and
+    one add per element, each rounded once, so every device gets the same batches.
     """
-    u = unit_directions(tuple(x.shape), num_directions, seed)  # (q, N, *x)
-    return perturbed_queries(x.detach().float().cpu(), u, eps).to(x.device)
+    u = unit_directions(tuple(x.shape), num_directions, seed, x.device)  # (q, N, *x)
+    return perturbed_queries(x.detach().float(), u, eps)
 
 
 @torch.no_grad()

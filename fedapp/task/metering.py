@@ -9,6 +9,7 @@ reset is not permitted the value is the process-lifetime peak, and
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -76,8 +77,10 @@ class StepCost:
     """FLOPs and peak memory of one local step (docs/evaluation.md (Metrics))."""
 
     flops: int  # torch.utils.flop_counter.FlopCounterMode total (matmuls and convolutions)
-    peak_mem_mb: float  # live tensor memory at the step's peak, MiB
+    peak_mem_mb: float  # live tensor memory at the step's peak, MiB (whole update)
     scope: str  # "cuda-allocator" or "cpu-profiler"
+    step_mem_mb: float = math.nan  # the step's own peak above what was live when it began
+    reserved_mb: float = math.nan  # CUDA: the caching allocator's peak reservation
 
 
 def tensor_mb(tensors: Iterable[torch.Tensor]) -> float:
@@ -103,7 +106,9 @@ def _profiled_peak_bytes(prof: torch.profiler.profile) -> int:
 def step_cost(step: Callable[[], object], device: torch.device, resident_mb: float) -> StepCost:
     """Run ``step`` once and measure its FLOPs and peak memory, the same way for every trainer.
 
-    CUDA: the allocator's peak after a reset (everything live on the device).
+    CUDA: the allocator's peak after a reset (everything live on the device:
+    parameters, optimizer state, the batch, the step's own tensors), its peak
+    reservation, and the step-only delta above the memory allocated when it began.
     CPU: ``resident_mb`` (what lives before the step: parameters, buffers,
     optimizer state, the batch) plus the PyTorch profiler's peak of the step's
     own allocations net of frees, docs/evaluation.md (Metrics)'s "profiler memory accounting".
@@ -114,13 +119,16 @@ def step_cost(step: Callable[[], object], device: torch.device, resident_mb: flo
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            start = torch.cuda.memory_allocated(device)
             step()
             torch.cuda.synchronize(device)
-            peak, scope = torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocator"
-        else:
-            with torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-            ) as prof:
-                step()
-            peak, scope = resident_mb + _profiled_peak_bytes(prof) / 2**20, "cpu-profiler"
-    return StepCost(int(counter.get_total_flops()), peak, scope)
+            peak = torch.cuda.max_memory_allocated(device)
+            reserved = torch.cuda.max_memory_reserved(device) / 2**20
+            return StepCost(int(counter.get_total_flops()), peak / 2**20, "cuda-allocator",
+                            (peak - start) / 2**20, reserved)
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as prof:
+            step()
+        own = _profiled_peak_bytes(prof) / 2**20
+    return StepCost(int(counter.get_total_flops()), resident_mb + own, "cpu-profiler", own)

@@ -13,12 +13,16 @@ and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
 - ``resnet18/34/50``: CIFAR-style ResNets (He et al., 2016) with a 3x3 stride-1
   stem and no max-pool, written here without torchvision.
 - ``resnet18-imagenet``: ResNet-18 with the ImageNet stem (7x7 s2 conv, max-pool)
-  arranged as HERON-SFL's client front (docs/strategies/heron-sfl.md (Hyperparameters),
-  [INFERRED]): the first 3x3 conv + BN + ReLU of stage 1 belongs to the stem, and the residual
-  it skips starts at its output, so no skip connection crosses the default cut.
-- ``vtc-cnn-0.5/1/1.5/2``: FedVTC's heterogeneous zoo (docs/strategies/fedvtc.md (Our reading
-  of the paper), our reading of Niu, Dong, Qin, arXiv 2508.01669): one CNN design at four
-  channel multipliers, each projecting into the common latent space of size p = 64.
+  arranged as HERON-SFL's client front (docs/strategies/heron-sfl.md (Hyperparameters), [INFERRED]): the first 3x3
+  conv + BN + ReLU of stage 1 belongs to the stem, and the residual it skips
+  starts at its output, so no skip connection crosses the default cut.
+- ``resnet18-cifar-cut``: the CIFAR-stem ResNet-18 (3x3 s1 stem, no max-pool)
+  arranged the same way for HERON-SFL's cut after ``layer1[0].bn1`` (cut output
+  64x32x32 on 32x32 inputs), the stem that matches the paper's FLOPs
+  (docs/strategies/heron-sfl.md (Settings and reference numbers), [INFERRED]).
+- ``vtc-cnn-0.5/1/1.5/2``: FedVTC's heterogeneous zoo (docs/strategies/fedvtc.md (Our reading of the paper), our reading of
+  Niu, Dong, Qin, arXiv 2508.01669): one CNN design at four channel multipliers,
+  each projecting into the common latent space of size p = 64.
 """
 
 from __future__ import annotations
@@ -191,8 +195,7 @@ class ResNet(SplitModel):
 class HalfBlock(nn.Module):
     """The rest of ResNet-18's first basic block once its first conv moved into the stem.
 
-    ``relu(bn(conv(h)) + h)``: the identity starts at the cut output h
-    (docs/strategies/heron-sfl.md (Hyperparameters)).
+    ``relu(bn(conv(h)) + h)``: the identity starts at the cut output h (docs/strategies/heron-sfl.md (Hyperparameters)).
     """
 
     def __init__(self, channels: int) -> None:
@@ -206,9 +209,7 @@ class HalfBlock(nn.Module):
 
 
 class ResNet18ImageNet(SplitModel):
-    """ResNet-18 with the ImageNet stem, cut-friendly for HERON-SFL.
-
-    docs/strategies/heron-sfl.md (Hyperparameters).
+    """ResNet-18 with the ImageNet stem, cut-friendly for HERON-SFL (docs/strategies/heron-sfl.md (Hyperparameters)).
 
     Layers 0-6 are the paper's client front: conv7x7 s2 (3->64), BN, ReLU,
     max-pool 3 s2, conv3x3 64->64, BN, ReLU (46,528 parameters; 64x8x8 on
@@ -227,6 +228,42 @@ class ResNet18ImageNet(SplitModel):
             nn.Conv2d(64, 64, 3, 1, 1, bias=False),
             nn.BatchNorm2d(64),
             nn.ReLU(),  # the default cut: (B, 64, H/4, W/4)
+            HalfBlock(64),
+            BasicBlock(64, 64, 1),
+        ]
+        c_in = 64
+        for width in (128, 256, 512):
+            layers += [BasicBlock(c_in, width, 2), BasicBlock(width, width, 1)]
+            c_in = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512)
+        self.feature_net = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, spec.num_classes)
+        self.latent_dim = c_in
+
+
+class ResNet18CifarCut(SplitModel):
+    """CIFAR-stem ResNet-18 arranged for HERON-SFL's cut after ``layer1[0].bn1`` (docs/strategies/heron-sfl.md (Settings and reference numbers)).
+
+    Layers 0-4 are the client front: conv3x3 s1 (3->64), BN, ReLU, then the
+    first basic block's conv3x3 (64->64) and BN (``layer1[0].conv1``,
+    ``layer1[0].bn1``); the cut output is 64xHxW (64x32x32 on CIFAR-10). Then the
+    block's ReLU and :class:`HalfBlock` (its second conv and BN, the identity
+    taken from the cut, as in :class:`ResNet18ImageNet`), one more 64-wide block,
+    stages 2-4, global average pool and a linear head: the parameters and FLOPs
+    of the CIFAR ``resnet18``. The stem is [INFERRED] from the paper's FLOPs
+    (39.90 / 59.85 GFLOPs at B = 256): this cut gives about 41.1 / 60.8 by
+    torch's counter, the ImageNet-stem cut 8-10x less.
+    """
+
+    def __init__(self, spec: ImageSpec) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(spec.channels, 64, 3, 1, 1, bias=False),  # (B, 64, H, W)
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, 1, 1, bias=False),  # layer1[0].conv1
+            nn.BatchNorm2d(64),  # layer1[0].bn1: the default cut, (B, 64, H, W)
+            nn.ReLU(),
             HalfBlock(64),
             BasicBlock(64, 64, 1),
         ]
@@ -269,8 +306,7 @@ class VTCCNN(SplitModel):
         self.latent_dim = latent_dim
 
 
-#: FedVTC's default zoo: the channel multipliers of docs/strategies/fedvtc.md (Our reading of
-#: the paper).
+#: FedVTC's default zoo: the channel multipliers of docs/strategies/fedvtc.md (Our reading of the paper).
 VTC_ZOO = ("vtc-cnn-0.5", "vtc-cnn-1", "vtc-cnn-1.5", "vtc-cnn-2")
 
 ModelFactory = Callable[[ImageSpec], SplitModel]
@@ -283,6 +319,7 @@ MODELS: dict[str, ModelFactory] = {
     "resnet34": lambda spec: ResNet(spec, BasicBlock, [3, 4, 6, 3]),
     "resnet50": lambda spec: ResNet(spec, Bottleneck, [3, 4, 6, 3]),
     "resnet18-imagenet": ResNet18ImageNet,
+    "resnet18-cifar-cut": ResNet18CifarCut,
     "vtc-cnn-0.5": lambda spec: VTCCNN(spec, 0.5),
     "vtc-cnn-1": lambda spec: VTCCNN(spec, 1.0),
     "vtc-cnn-1.5": lambda spec: VTCCNN(spec, 1.5),

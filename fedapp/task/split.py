@@ -12,15 +12,17 @@ nested ``nn.Sequential`` flattened), so it can be cut after any layer:
   has a local loss (training only, never used for inference);
 - the **back-end** θ_s is the rest, trained first-order on the server.
 
-Front and back keep the full model's parameter names, so their state dicts are disjoint and
-their union is the full model's state dict: the server evaluates ``front + back`` with the
-unsplit model (docs/strategies/heron-sfl.md (Round structure and wire) step 5).
+Front and back keep the full model's parameter names, so their state dicts are
+disjoint and their union is the full model's state dict: the server evaluates
+``front + back`` with the unsplit model (docs/strategies/heron-sfl.md (Round structure and wire) step 5).
 
 Default cuts (``heron.cut-layer = 0``): ``resnet18-imagenet`` after the stem of
-docs/strategies/heron-sfl.md (Hyperparameters) (conv7x7 s2, BN, ReLU, max-pool, conv3x3, BN,
-ReLU: 64x8x8 on 32x32 inputs); ``fedgen-cnn`` and ``cnn`` after their convolutions; the
-CIFAR-style ResNets after their 3x3 stem; ``mlp`` after its hidden layer; any other model
-halfway through its layer chain.
+docs/strategies/heron-sfl.md (Hyperparameters) (conv7x7 s2, BN, ReLU, max-pool, conv3x3, BN, ReLU: 64x8x8 on 32x32
+inputs); ``resnet18-cifar-cut`` after ``layer1[0].bn1`` of the CIFAR-stem
+ResNet-18 (64x32x32, the cut that matches the paper's FLOPs, docs/strategies/heron-sfl.md (Settings and reference numbers));
+``fedgen-cnn`` and ``cnn`` after their convolutions; the CIFAR-style ResNets
+after their 3x3 stem; ``mlp`` after its hidden layer; any other model halfway
+through its layer chain.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ AuxPool = Literal["flatten", "avg"]
 #: Layers in the front-end when ``heron.cut-layer = 0``, by model name.
 DEFAULT_CUTS: dict[str, int] = {
     "resnet18-imagenet": 7,  # conv7x7, BN, ReLU, max-pool, conv3x3, BN, ReLU
+    "resnet18-cifar-cut": 5,  # conv3x3, BN, ReLU, layer1[0].conv1, layer1[0].bn1
     "fedgen-cnn": 6,  # conv, BN, ReLU, conv, BN, ReLU: (16, H/4, W/4)
     "cnn": 6,  # conv, ReLU, pool, conv, ReLU, pool: (64, H/4, W/4)
     "mlp": 3,  # flatten, linear, ReLU
@@ -118,9 +121,9 @@ class SplitParts:
 def aux_head(cut_shape: tuple[int, ...], num_classes: int, pool: AuxPool) -> nn.Sequential:
     """The client's auxiliary classifier: one linear layer on the cut activations.
 
-    ``flatten``: Linear(prod(cut_shape) -> C), docs/strategies/heron-sfl.md (Hyperparameters)'s
-    default (4096 -> C for the ResNet-18 cut). ``avg``: global average pool first,
-    Linear(channels -> C); activations without spatial dims are flattened either way.
+    ``flatten``: Linear(prod(cut_shape) -> C), docs/strategies/heron-sfl.md (Hyperparameters)'s default (4096 -> C for
+    the ResNet-18 cut). ``avg``: global average pool first, Linear(channels -> C);
+    activations without spatial dims are flattened either way.
     """
     if pool == "avg" and len(cut_shape) == 3:
         return nn.Sequential(
@@ -175,10 +178,7 @@ def build_split(
 
 
 def aux_loss(parts: SplitParts, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """f_l = CE(a(c(x; θ_c); θ_a), y); returns (loss, cut activations (B, *cut)).
-
-    docs/strategies/heron-sfl.md (Losses and estimator).
-    """
+    """f_l = CE(a(c(x; θ_c); θ_a), y) (docs/strategies/heron-sfl.md (Losses and estimator)); returns (loss, cut activations (B, *cut))."""
     h = parts.front(x)
     return F.cross_entropy(parts.aux(h), y), h
 
@@ -199,9 +199,7 @@ def back_end_step(
 
 
 def uniform_average(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """θ = (1/N) Σ_i θ_i, key by key: uniform, not sample-weighted.
-
-    Step 4 of docs/strategies/heron-sfl.md (Round structure and wire).
+    """θ = (1/N) Σ_i θ_i, key by key (docs/strategies/heron-sfl.md (Round structure and wire) step 4: uniform, not sample-weighted).
 
     Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded.
     """
