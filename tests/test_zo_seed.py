@@ -214,3 +214,16 @@ def test_aggregate_train_averages_scalars_per_seed_by_examples(zo_cfg: dict) -> 
         assert list(step.seeds) == zo.step_seeds(strategy.seed_base(1), h, 2)
     assert arrays is not None and strategy.ledger.clients == 2
     assert any(not torch.equal(v, before[k]) for k, v in strategy.model.state_dict().items())
+
+
+def test_client_fault_nan_is_injected_rejected_and_counted(zo_cfg: dict) -> None:
+    """Issue 19 bug 5: ``client.fault`` reaches zo-seed's ``train.seeds`` replies too."""
+    cfg = {**zo_cfg, "num-server-rounds": 2, "client.fault": "nan",
+           "client.fault-partitions": "1"}
+    grid, out = run(cfg)
+    rows = read_rounds(out)
+    assert all((r["clients"], r["rejected"]) == (2, 1) for r in rows[1:])
+    assert np.isfinite([r["loss"] for r in rows]).all()
+    bad = [m for m in grid.received if m.metadata.message_type == wire.TRAIN_SEEDS
+           and not np.isfinite(m.content[wire.ZO_STEPS]["scalars"].numpy()).all()]
+    assert len(bad) == 2 and {m.metadata.src_node_id for m in bad} == {101}
