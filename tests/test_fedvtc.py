@@ -47,7 +47,7 @@ def test_a_run_shares_statistics_and_decoders_but_never_a_classifier(vtc: dict) 
     rows = read_rounds(out)
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     for r in rows[1:]:
-        assert (r["sampled"], r["clients"], r["failed"], r["rejected"]) == (3, 3, 0, 0)
+        assert (r["sampled"], r["clients"], r["failed-train"], r["rejected"]) == (3, 3, 0, 0)
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["accuracy-local"] <= 1.0
         assert {"accuracy-vtc-cnn-0.5", "accuracy-vtc-cnn-1"} <= set(r)
     assert rows[-1]["accuracy"] > 0.3  # chance is 0.1
