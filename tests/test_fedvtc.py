@@ -127,3 +127,11 @@ def test_node_state_helpers_keep_model_and_optimizer_states() -> None:
     again = torch.optim.Adam(model.parameters())
     again.load_state_dict(load_state(state, "o"))
     assert again.state_dict()["state"][0]["step"] == 1
+
+
+def test_clients_without_local_test_data_are_skipped_not_rejected(vtc: dict) -> None:
+    """Issue 18: an empty local split reports "not measured", counted as skipped-evaluate."""
+    _, out = run({**vtc, "num-server-rounds": 1, "data.local-test-size": 0.001})
+    row = read_rounds(out)[1]
+    assert (row["skipped-evaluate"], row["rejected"], row["failed-evaluate"], row["clients"]) == (3, 0, 0, 3)
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["accuracy-local"] != row["accuracy-local"]  # NaN
