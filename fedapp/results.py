@@ -141,7 +141,7 @@ def check_aggregated(rows: list[dict[str, Any]]) -> None:
                             for k in ("failed-train", "rejected"))
         raise NothingAggregated(
             f"no client reply was aggregated in {len(trained)} round(s) ({failed} failed-train, "
-            f"{rejected} rejected: see the 'Rejected reply' and failure lines above); "
+            f"{rejected} rejected: see the 'Rejected ... reply' and failure lines above); "
             "the model is still the initial one"
         )
 

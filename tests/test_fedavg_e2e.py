@@ -44,7 +44,7 @@ def test_fedprox_run_rejects_a_nan_client_and_completes(flwr: FlwrCli, tmp_path:
     assert rows[-1]["accuracy"] > 0.3  # chance is 0.1
     for name in ("config.json", "metrics.jsonl", "model.pt", "curves.png", "clients.json"):
         assert (tmp_path / "nan" / name).is_file(), name
-    assert "round 2/2" in log and "Rejected reply" in log
+    assert "round 2/2" in log and "Rejected train reply from node" in log and "(partition 1)" in log
 
 
 def test_bad_config_value_stops_the_run_with_one_line(flwr: FlwrCli, tmp_path: Path) -> None:
@@ -56,3 +56,14 @@ def test_bad_config_value_stops_the_run_with_one_line(flwr: FlwrCli, tmp_path: P
     assert f"fedzg: {expected}" in log
     assert not (tmp_path / "bad").exists()
     assert time.monotonic() - t0 < 120
+
+
+def test_a_silent_node_is_dropped_at_the_phase_timeouts(flwr: FlwrCli, tmp_path: Path) -> None:
+    extra = ('run-name="silent" client.fault="silent" client.fault-partitions="1" '
+             "timeouts.train=5.0 timeouts.evaluate=5.0")
+    entry, log = run(flwr, _config(tmp_path, DATA_CACHE, extra))
+    assert entry["status"] == "finished:completed", log[-3000:]
+    rows = read_rounds(tmp_path / "silent")
+    assert all((r["clients"], r["failed-train"], r["failed-evaluate"]) == (2, 1, 1)
+               for r in rows[1:]), rows
+    assert "train: 1 of 3 nodes did not answer" in log

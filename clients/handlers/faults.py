@@ -12,9 +12,11 @@ reply's result payload, so no handler carries test-only branches:
 - ``missing-key``: the first array of the payload is left out;
 - ``extra-key``: an array the contract does not know is added;
 - ``raise``: the call fails, and Flower answers with an error reply;
-- ``silent``: the node never answers any message (the call blocks; the server's
-  ``timeouts.*`` or ``round-timeout`` drop it). The in-process harness models this
-  as messages that get no reply (:class:`fedapp.harness.InProcessGrid`).
+- ``silent``: the node does not answer any message in time: the call sleeps past the
+  server's reply timeout for the message (``timeouts.<phase>`` or ``round-timeout``),
+  then fails, so the server has dropped it by then and the node is free again. The
+  in-process harness models this as messages that get no reply
+  (:class:`fedapp.harness.InProcessGrid`).
 
 Only the replies that carry what a client computed are touched (:data:`PAYLOADS`):
 model weights (``train``), zo-seed scalars (``train.seeds``), split parts
@@ -24,7 +26,7 @@ model weights (``train``), zo-seed scalars (``train.seeds``), split parts
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -85,10 +87,14 @@ def _raise(state: StateDict) -> StateDict:
     raise RuntimeError("injected client failure (client.fault = 'raise')")
 
 
-def _silent(state: StateDict) -> StateDict:
-    """A hung node: never returns; the server's reply timeout drops it."""
-    threading.Event().wait()
-    raise AssertionError("unreachable")
+#: Seconds a ``silent`` node sleeps beyond the server's reply timeout.
+SILENT_MARGIN_S = 2.0
+
+
+def _silent(seconds: float) -> None:
+    """A node that hangs: sleeps ``seconds``, then fails (its reply would come too late)."""
+    time.sleep(seconds)
+    raise RuntimeError("injected silent node (client.fault = 'silent') answered too late")
 
 
 FAULTS: dict[str, Callable[[StateDict], StateDict]] = {
@@ -118,7 +124,8 @@ def inject_faults(msg: Message, context: Context, call_next: ClientAppCallable) 
     node = resolve_node(load_node_config(context.node_config), cfg)
     faulty = cfg.client.faulty(node.partition_id)
     if faulty and cfg.client.fault == "silent":
-        _silent({})
+        category = msg.metadata.message_type.partition(".")[0]
+        _silent(cfg.timeouts.for_phase(category, cfg.round_timeout) + SILENT_MARGIN_S)
     reply = call_next(msg, context)
     record = PAYLOADS.get(msg.metadata.message_type)
     if record is None or reply.has_error() or not faulty:
