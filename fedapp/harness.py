@@ -116,7 +116,7 @@ class InProcessGrid(Grid):
 
 
 def _never_answers(ctx: Context) -> bool:
-    """A node with ``client.fault = "silent"``: its ClientApp would block, so no reply comes."""
+    """A node with ``client.fault = "silent"``: it would answer after the timeout, so no reply."""
     if ctx.run_config.get("client.fault", "none") != "silent":
         return False
     from fedapp.config import load_config

@@ -116,7 +116,7 @@ def inject(kind: str, state: StateDict) -> StateDict:
 def inject_faults(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """The mod: answer ``msg``, then corrupt the reply if this partition injects a fault.
 
-    A ``silent`` node never answers any message; the other faults touch :data:`PAYLOADS` only.
+    A ``silent`` node answers no message in time; the other faults touch :data:`PAYLOADS` only.
     """
     if context.run_config.get("client.fault", "none") == "none":
         return call_next(msg, context)
