@@ -59,11 +59,19 @@ def test_bad_config_value_stops_the_run_with_one_line(flwr: FlwrCli, tmp_path: P
 
 
 def test_a_silent_node_is_dropped_at_the_phase_timeouts(flwr: FlwrCli, tmp_path: Path) -> None:
-    extra = ('run-name="silent" client.fault="silent" client.fault-partitions="1" '
-             "timeouts.train=5.0 timeouts.evaluate=5.0")
-    entry, log = run(flwr, _config(tmp_path, DATA_CACHE, extra))
+    """client.fault = "silent" under Ray: the node's replies come after the timeouts, uncounted.
+
+    The sleeping node holds one of the Ray actors; the timeout leaves the other actor time
+    for both good nodes' cold first calls on a shared machine. Client evaluation is off
+    (each phase with a silent node lasts its whole timeout; test_liveness covers evaluate).
+    """
+    run_config = (
+        f'output-dir="{tmp_path}" data.cache-dir="{DATA_CACHE}" num-server-rounds=1 '
+        'data.dataset="digits" data.partition="iid" run-name="silent" client.fault="silent" '
+        'client.fault-partitions="1" timeouts.train=45.0 server.fraction-evaluate=0.0'
+    )
+    entry, log = run(flwr, run_config)
     assert entry["status"] == "finished:completed", log[-3000:]
     rows = read_rounds(tmp_path / "silent")
-    assert all((r["clients"], r["failed-train"], r["failed-evaluate"]) == (2, 1, 1)
-               for r in rows[1:]), rows
+    assert [(r["clients"], r["failed-train"]) for r in rows[1:]] == [(2, 1)]
     assert "train: 1 of 3 nodes did not answer" in log
