@@ -153,6 +153,17 @@ def config_fingerprint(cfg: AppConfig) -> dict[str, Any]:
     return {k: v for k, v in dumped.items() if k not in RESUMABLE_CHANGES}
 
 
+def _dotted(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config sections as run-config keys: ``{"client": {"lr": x}}`` -> ``{"client.lr": x}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _dotted(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def checkpoint_path(cfg: AppConfig, run_directory: Path) -> Path | None:
     """Where ``cfg.resume`` points: ``None`` for a fresh run."""
     if cfg.resume is False or cfg.resume == "":
@@ -168,8 +179,9 @@ def load_checkpoint(path: Path, cfg: AppConfig) -> Checkpoint:
     if not path.is_file():
         raise ConfigError(f"resume: no checkpoint at {path} (run at least one round first)")
     raw = _read(path)
-    saved, now = raw["config"], config_fingerprint(cfg)
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    saved, now = _dotted(raw["config"]), _dotted(config_fingerprint(cfg))
+    changed = [f"{k} ({saved.get(k, 'unset')!r} -> {now.get(k, 'unset')!r})"
+               for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     if changed:
         raise ConfigError(
             f"resume: the config differs from the checkpoint's in {', '.join(changed)} "

@@ -124,10 +124,11 @@ class ClientConfig(Section):
     fault: FaultName  # fault injection for robustness tests; "none" in real runs
     fault_partitions: str  # comma-separated partition ids that inject `fault`
 
-    @model_validator(mode="after")
-    def _fault_ids(self) -> Self:
-        parse_id_list(self.fault_partitions)
-        return self
+    @field_validator("fault_partitions")
+    @classmethod
+    def _fault_ids(cls, value: str) -> str:
+        parse_id_list(value)
+        return value
 
     def faulty(self, partition_id: int) -> bool:
         """Whether this partition injects :attr:`fault` into its replies."""

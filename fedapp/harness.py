@@ -102,9 +102,9 @@ class InProcessGrid(Grid):
         for msg in messages:
             if self.record:
                 self.sent.append(msg)
-            if self.drop(msg):
-                continue
             ctx = self.contexts[msg.metadata.dst_node_id]
+            if self.drop(msg) or _never_answers(ctx):
+                continue
             try:
                 reply = self.client_app(msg, ctx)
             except Exception as exc:  # the runtime turns handler exceptions into error replies
@@ -113,6 +113,15 @@ class InProcessGrid(Grid):
                 self.received.append(reply)
             replies.append(reply)
         return replies
+
+
+def _never_answers(ctx: Context) -> bool:
+    """A node with ``client.fault = "silent"``: it would answer after the timeout, so no reply."""
+    if ctx.run_config.get("client.fault", "none") != "silent":
+        return False
+    from fedapp.config import load_config
+
+    return load_config(ctx.run_config).client.faulty(int(ctx.node_config["partition-id"]))
 
 
 def default_run_config() -> dict[str, Any]:

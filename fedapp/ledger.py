@@ -24,16 +24,35 @@ class RoundLedger:
     bytes_up: int = 0
     sampled: int = 0  # train messages sent
     clients: int = 0  # train replies aggregated
-    failed: int = 0  # error replies and replies that never came
+    failed_train: int = 0  # train* error replies and replies that never came
+    failed_evaluate: int = 0  # the same for evaluate* messages
+    failed_query: int = 0  # the same for query* messages (FedZGE's logits)
     rejected: int = 0  # replies that failed screening
+    skipped_evaluate: int = 0  # evaluate replies "nothing to evaluate" (no local test data)
     train_phase_s: float = 0.0  # from sending train messages to having all replies
     evaluate_phase_s: float = 0.0  # the same for client-side evaluation
     extra: dict[str, float] = field(default_factory=dict)  # strategy-specific per-round metrics
+
+    @property
+    def failed(self) -> int:
+        """Failed replies of every phase."""
+        return self.failed_train + self.failed_evaluate + self.failed_query
+
+    def count_failed(self, message_type: str, n: int = 1) -> None:
+        """Count ``n`` failed replies to ``message_type`` under its phase (``train.seeds``: train)."""
+        name = f"failed_{message_type.partition('.')[0]}"
+        if name not in FAILED_PHASES:
+            raise ValueError(f"no failure counter for message type {message_type!r}")
+        setattr(self, name, getattr(self, name) + n)
 
     def as_row(self) -> dict[str, float]:
         fields = {k: v for k, v in asdict(self).items() if k != "extra"}
         row = {k.replace("_", "-"): v for k, v in fields.items()} | self.extra
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+
+
+#: The ledger's per-phase failure counters (``failed-<phase>`` in ``metrics.jsonl``).
+FAILED_PHASES = ("failed_train", "failed_evaluate", "failed_query")
 
 
 @dataclass(frozen=True)

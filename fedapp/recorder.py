@@ -73,7 +73,7 @@ class RoundRecorder:
         log(
             INFO,
             "round %d/%d  accuracy %.4f  loss %.4f  up %.1f KiB  down %.1f KiB  "
-            "clients %d  failed %d  rejected %d  elapsed %.1fs",
+            "clients %d  failed-train %d  failed-evaluate %d  rejected %d  elapsed %.1fs",
             report.round,
             self.cfg.num_server_rounds,
             result.accuracy,
@@ -81,7 +81,8 @@ class RoundRecorder:
             ledger.bytes_up / 1024,
             ledger.bytes_down / 1024,
             ledger.clients,
-            ledger.failed,
+            ledger.failed_train,
+            ledger.failed_evaluate + ledger.failed_query,
             ledger.rejected,
             now - self.t_start,
         )

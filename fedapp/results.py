@@ -34,8 +34,11 @@ ROUND_KEYS = (
     "bytes-up",
     "bytes-down",
     "clients",
-    "failed",
+    "failed-train",
+    "failed-evaluate",
+    "failed-query",
     "rejected",
+    "skipped-evaluate",
     "wall-s",
 )
 
@@ -134,10 +137,11 @@ def check_aggregated(rows: list[dict[str, Any]]) -> None:
     """Raise :class:`NothingAggregated` when no trained round aggregated a client reply."""
     trained = [r for r in rows if r["round"] > 0]
     if trained and not any(r["clients"] for r in trained):
-        failed, rejected = (sum(int(r[k]) for r in trained) for k in ("failed", "rejected"))
+        failed, rejected = (sum(int(r[k]) for r in trained)
+                            for k in ("failed-train", "rejected"))
         raise NothingAggregated(
-            f"no client reply was aggregated in {len(trained)} round(s) ({failed} failed, "
-            f"{rejected} rejected: see the 'Rejected reply' and failure lines above); "
+            f"no client reply was aggregated in {len(trained)} round(s) ({failed} failed-train, "
+            f"{rejected} rejected: see the 'Rejected ... reply' and failure lines above); "
             "the model is still the initial one"
         )
 

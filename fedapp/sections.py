@@ -24,7 +24,9 @@ ModelName = Literal[
 ]
 OptimizerName = Literal["sgd", "adam"]
 DeviceName = Literal["auto", "cpu", "cuda"]
-FaultName = Literal["none", "nan", "shape", "raise"]
+FaultName = Literal[
+    "none", "nan", "inf", "shape", "dtype", "missing-key", "extra-key", "raise", "silent"
+]
 #: ``client.trainer``: a trainer for every node, or ``mixed`` (``client.zo-fraction`` of nodes run ``zo``).
 TrainerChoice = TrainerName | Literal["mixed"]
 ZOEstimatorName = Literal["central", "forward"]

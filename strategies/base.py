@@ -52,6 +52,7 @@ class FedzgStrategy(Strategy):
         self.ledger = RoundLedger()
         self.label_counts: dict[int, list[int]] = {}
         self.rejected_total = 0
+        self.partitions: dict[int, int] = {}  # node id -> partition id, from client-info
         self.start_round = 1  # first round to run; > 1 when resuming from a checkpoint
         self.timeout = 3600.0
         self._train_config, self._evaluate_config = ConfigRecord(), ConfigRecord()
@@ -137,31 +138,36 @@ class FedzgStrategy(Strategy):
 
     def _screen(
         self, replies: Iterable[Message], sent: int, check: Check | None, keep_errors: bool,
-        message_type: str = "",
+        message_type: str,
     ) -> list[Message]:
         """The sound replies; error, missing and rejected ones are logged and counted.
 
-        ``keep_errors`` passes error replies on (Flower's FedAvg logs and skips them
-        itself); otherwise they are logged here and dropped.
+        Failures are counted under ``message_type``'s phase (``failed-train``,
+        ``failed-evaluate``, ``failed-query``). Error replies are logged here;
+        ``keep_errors`` passes them on (Flower's FedAvg skips them itself), otherwise
+        they are dropped.
         """
         replies = list(replies)
-        self.ledger.failed += sent - len(replies)  # replies that never arrived
+        if sent > len(replies):
+            self.ledger.count_failed(message_type, sent - len(replies))  # never arrived
+            log(WARNING, "%s: %d of %d nodes did not answer", message_type,
+                sent - len(replies), sent)
         accepted = []
         for msg in replies:
             if msg.has_error():
-                self.ledger.failed += 1
+                self.ledger.count_failed(message_type)
+                log(WARNING, "%s: %s replied with an error: %s", message_type,
+                    self._who(msg), msg.error.reason)
                 if keep_errors:
                     accepted.append(msg)
-                else:
-                    log(WARNING, "%s: node %d replied with an error: %s", message_type,
-                        msg.metadata.src_node_id, msg.error.reason)
                 continue
             self.ledger.bytes_up += content_bytes(msg.content)
+            self._learn_partition(msg)
             reason = check(msg.content) if check is not None else None
             if reason is None:
                 accepted.append(msg)
             else:
-                self._reject(msg, reason)
+                self._reject(msg, reason, message_type)
         return accepted
 
     def _send(
@@ -184,10 +190,22 @@ class FedzgStrategy(Strategy):
                                 message_type=message_type)
         return {msg.metadata.src_node_id: msg.content for msg in accepted}
 
-    def _reject(self, msg: Message, reason: str) -> None:
+    def _reject(self, msg: Message, reason: str, message_type: str = "reply") -> None:
         self.ledger.rejected += 1
         self.rejected_total += 1
-        log(WARNING, "Rejected reply from node %d: %s", msg.metadata.src_node_id, reason)
+        log(WARNING, "Rejected %s reply from %s: %s", message_type, self._who(msg), reason)
+
+    def _learn_partition(self, msg: Message) -> None:
+        """Remember the partition a node serves, from any reply's ``client-info``."""
+        info = decode_client_info(msg.content)
+        if info is not None:
+            self.partitions[msg.metadata.src_node_id] = info.partition_id
+
+    def _who(self, msg: Message) -> str:
+        """``node 101 (partition 1)``, or ``(partition unknown)`` before its first client-info."""
+        node = msg.metadata.src_node_id
+        part = self.partitions.get(node)
+        return f"node {node} (partition {'unknown' if part is None else part})"
 
     def _log_client_once(self, content: RecordDict) -> None:
         """Log a reply's ``client-info`` (partition, trainer, model, labels) the first time."""

@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedapp.config import AppConfig
 from fedapp.wire import weights as wire
-from fedapp.wire.common import match_dtypes
+from fedapp.wire.common import content_bytes, match_dtypes
 from strategies.base import Check, FedzgStrategy
 from strategies.card import StrategyCard
 
@@ -67,13 +67,15 @@ class FedAvgRounds(FedzgStrategy):
         out = self._count_down(messages)
         self.ledger.sampled = len(out)
         self._train_sent = len(out)
+        self._train_type = out[0].metadata.message_type if out else wire.TRAIN
         self._phase_start = time.perf_counter()
         return out
 
     def _accept_train(self, replies: Iterable[Message], check: Check) -> list[Message]:
         """Stop the train phase's clock, screen the replies with ``check``, log labels, count."""
         self.ledger.train_phase_s += time.perf_counter() - self._phase_start
-        accepted = self._screen(replies, self._train_sent, check, keep_errors=True)
+        accepted = self._screen(replies, self._train_sent, check, keep_errors=True,
+                                message_type=self._train_type)
         for msg in accepted:
             if not msg.has_error():
                 self._log_client_once(msg.content)
@@ -102,6 +104,7 @@ class FedAvgRounds(FedzgStrategy):
         """Count the evaluate messages about to go out and start the evaluate phase's clock."""
         out = self._count_down(messages)
         self._eval_sent = len(out)
+        self._eval_type = out[0].metadata.message_type if out else wire.EVALUATE
         self._phase_start = time.perf_counter()
         return out
 
@@ -109,8 +112,16 @@ class FedAvgRounds(FedzgStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         self.ledger.evaluate_phase_s += time.perf_counter() - self._phase_start
-        accepted = self._screen(replies, self._eval_sent, wire.screen_eval_reply,
-                                keep_errors=True)
+        replies = list(replies)
+        skipped = {id(m) for m in replies
+                   if not m.has_error() and wire.nothing_to_evaluate(m.content)}
+        self.ledger.skipped_evaluate += len(skipped)
+        self.ledger.bytes_up += sum(content_bytes(m.content) for m in replies if id(m) in skipped)
+        accepted = self._screen([m for m in replies if id(m) not in skipped],
+                                self._eval_sent - len(skipped), wire.screen_eval_reply,
+                                keep_errors=True, message_type=self._eval_type)
+        if not accepted:
+            return None
         return super().aggregate_evaluate(server_round, accepted)
 
 

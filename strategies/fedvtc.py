@@ -186,8 +186,10 @@ class FedVTC(PhasedStrategy):
         extra = self.ledger.extra
         extra["accuracy"] = _mean([u.accuracy for u in ups.values()])
         extra["loss"] = _mean([u.loss for u in ups.values()])
-        extra["accuracy-local"] = _mean([u.accuracy_local for u in ups.values()])
-        extra["loss-local"] = _mean([u.loss_local for u in ups.values()])
+        local = [u for u in ups.values() if u.measured_locally]
+        self.ledger.skipped_evaluate += len(ups) - len(local)  # no local test data
+        extra["accuracy-local"] = _mean([u.accuracy_local for u in local])
+        extra["loss-local"] = _mean([u.loss_local for u in local])
         for model in sorted({self.models[n] for n in ups}):
             extra[f"accuracy-{model}"] = _mean(
                 [u.accuracy for n, u in ups.items() if self.models[n] == model]

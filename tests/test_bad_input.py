@@ -226,7 +226,7 @@ def test_a_run_with_nothing_aggregated_fails_naming_why(tiny: dict) -> None:
 
     cfg = {**tiny, "client.fault": "nan", "client.fault-partitions": "0,1"}
     with pytest.raises(NothingAggregated, match=r"no client reply was aggregated in 1 round\(s\) "
-                                                r"\(0 failed, 2 rejected"):
+                                                r"\(0 failed-train, 2 rejected"):
         serve(cfg)
     assert (Path(cfg["output-dir"]) / cfg["run-name"] / "metrics.jsonl").exists()  # kept to inspect
 
@@ -305,7 +305,7 @@ def test_flwr_run_with_nothing_aggregated_ends_failed(flwr: Any, tmp_path: Path)
     entry, log = flwr.run(flwr_config(tmp_path, extra), "num-supernodes=2 client-resources-num-cpus=1",
                           timeout=300)
     assert entry["status"] == "finished:failed", log[-3000:]
-    assert "no client reply was aggregated in 1 round(s) (0 failed, 2 rejected" in entry["status-details"]
+    assert "no client reply was aggregated in 1 round(s) (0 failed-train, 2 rejected" in entry["status-details"]
     assert (tmp_path / "allbad" / "metrics.jsonl").is_file()  # the results stay to be inspected
 
 

@@ -72,7 +72,7 @@ def test_tls_run_with_authenticated_nodes_completes(dep: Deployment, tmp_path: P
     assert entry["status"] == "finished:completed", log[-3000:] + dep.tails()
     rows = read_rounds(tmp_path / "tls")
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all(r["clients"] == len(TRAINERS) and r["failed"] == 0 for r in rows[1:])
+    assert all(r["clients"] == len(TRAINERS) and r["failed-train"] == 0 for r in rows[1:])
     assert all(r["bytes-up"] > 0 and r["bytes-down"] > r["bytes-up"] for r in rows[1:])
     assert rows[-1]["accuracy"] > 0.3  # chance is 0.1
     for name in ("config.json", "metrics.jsonl", "model.pt", "curves.png", "clients.json"):
@@ -171,7 +171,7 @@ def test_killed_supernode_is_counted_and_the_run_finishes(
     assert entry["status"] == "finished:completed", log.read_text()[-3000:]
     rows = read_rounds(tmp_path / "fail")
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert rows[1]["failed"] >= 1 and rows[1]["clients"] == len(TRAINERS) - 1
+    assert rows[1]["failed-train"] >= 1 and rows[1]["clients"] == len(TRAINERS) - 1
     assert all(r["clients"] >= len(TRAINERS) - 1 for r in rows[1:])
     assert rows[1]["train-phase-s"] < 150 + 10  # bounded by timeouts.train (+ one poll)
     print(f"dead node: round 1 ended {detected_s:.1f} s after the kill; "

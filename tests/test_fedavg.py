@@ -53,7 +53,7 @@ def test_nan_reply_is_rejected_and_the_run_completes(small: dict) -> None:
     rows = read_rounds(out)
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        assert (r["clients"], r["rejected"], r["failed"], r["sampled"]) == (2, 1, 0, 3)
+        assert (r["clients"], r["rejected"], r["failed-train"], r["sampled"]) == (2, 1, 0, 3)
     assert rows[-1]["accuracy"] > 0.3  # well above chance (0.1) on digits
     saved = torch.load(out / "model.pt", weights_only=False)
     assert saved["round"] == 2
@@ -82,7 +82,7 @@ def test_failed_and_missing_replies_are_counted(small: dict) -> None:
     drop_node_2 = lambda m: m.metadata.dst_node_id == 102 and m.metadata.message_type == "train"
     _, out = run(cfg, drop=drop_node_2)
     for r in read_rounds(out)[1:]:
-        assert (r["clients"], r["failed"], r["rejected"]) == (1, 2, 0)
+        assert (r["clients"], r["failed-train"], r["failed-evaluate"], r["rejected"]) == (1, 2, 0, 0)
 
 
 def test_all_rejected_keeps_the_previous_model(small: dict) -> None:
@@ -154,3 +154,15 @@ def test_aggregate_train_counts_replies_that_never_came(run_config: dict) -> Non
     arrays, _ = strategy.aggregate_train(1, [create_mock_reply(sent, [2.0, 4.0], 1, 5)])
     assert arrays is not None and strategy.ledger.failed == 1  # two sent, one answered
     torch.testing.assert_close(arrays["w"].numpy(), np.array([2.0, 4.0], dtype=np.float32))
+
+
+def test_clients_without_local_test_data_skip_evaluation(small: dict) -> None:
+    """Issue 18: an empty local test split answers "nothing to evaluate", not NaN metrics."""
+    cfg = {**small, "data.local-test-size": 0.001}  # about 400 images each: 0 local test images
+    grid, out = run(cfg)
+    for r in read_rounds(out)[1:]:
+        assert (r["skipped-evaluate"], r["failed-evaluate"], r["rejected"], r["clients"]) == (3, 0, 0, 3)
+    evals = [m for m in grid.received if m.metadata.message_type == "evaluate"]
+    assert evals and all(weights.nothing_to_evaluate(m.content) for m in evals)
+    assert all(dict(m.content["metrics"]) == {"num-examples": 0} for m in evals)
+    assert not weights.nothing_to_evaluate(weights.encode_eval_reply(weights.EvalUp(5, 0.1, 0.9)))

@@ -44,7 +44,7 @@ def test_fedprox_run_rejects_a_nan_client_and_completes(flwr: FlwrCli, tmp_path:
     assert rows[-1]["accuracy"] > 0.3  # chance is 0.1
     for name in ("config.json", "metrics.jsonl", "model.pt", "curves.png", "clients.json"):
         assert (tmp_path / "nan" / name).is_file(), name
-    assert "round 2/2" in log and "Rejected reply" in log
+    assert "round 2/2" in log and "Rejected train reply from node" in log and "(partition 1)" in log
 
 
 def test_bad_config_value_stops_the_run_with_one_line(flwr: FlwrCli, tmp_path: Path) -> None:
@@ -56,3 +56,22 @@ def test_bad_config_value_stops_the_run_with_one_line(flwr: FlwrCli, tmp_path: P
     assert f"fedzg: {expected}" in log
     assert not (tmp_path / "bad").exists()
     assert time.monotonic() - t0 < 120
+
+
+def test_a_silent_node_is_dropped_at_the_phase_timeouts(flwr: FlwrCli, tmp_path: Path) -> None:
+    """client.fault = "silent" under Ray: the node's replies come after the timeouts, uncounted.
+
+    The sleeping node holds one of the Ray actors; the timeout leaves the other actor time
+    for both good nodes' cold first calls on a shared machine. Client evaluation is off
+    (each phase with a silent node lasts its whole timeout; test_liveness covers evaluate).
+    """
+    run_config = (
+        f'output-dir="{tmp_path}" data.cache-dir="{DATA_CACHE}" num-server-rounds=1 '
+        'data.dataset="digits" data.partition="iid" run-name="silent" client.fault="silent" '
+        'client.fault-partitions="1" timeouts.train=45.0 server.fraction-evaluate=0.0'
+    )
+    entry, log = run(flwr, run_config)
+    assert entry["status"] == "finished:completed", log[-3000:]
+    rows = read_rounds(tmp_path / "silent")
+    assert [(r["clients"], r["failed-train"]) for r in rows[1:]] == [(2, 1)]
+    assert "train: 1 of 3 nodes did not answer" in log

@@ -47,7 +47,7 @@ def test_a_run_shares_statistics_and_decoders_but_never_a_classifier(vtc: dict) 
     rows = read_rounds(out)
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     for r in rows[1:]:
-        assert (r["sampled"], r["clients"], r["failed"], r["rejected"]) == (3, 3, 0, 0)
+        assert (r["sampled"], r["clients"], r["failed-train"], r["rejected"]) == (3, 3, 0, 0)
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["accuracy-local"] <= 1.0
         assert {"accuracy-vtc-cnn-0.5", "accuracy-vtc-cnn-1"} <= set(r)
     assert rows[-1]["accuracy"] > 0.3  # chance is 0.1
@@ -127,3 +127,11 @@ def test_node_state_helpers_keep_model_and_optimizer_states() -> None:
     again = torch.optim.Adam(model.parameters())
     again.load_state_dict(load_state(state, "o"))
     assert again.state_dict()["state"][0]["step"] == 1
+
+
+def test_clients_without_local_test_data_are_skipped_not_rejected(vtc: dict) -> None:
+    """Issue 18: an empty local split reports "not measured", counted as skipped-evaluate."""
+    _, out = run({**vtc, "num-server-rounds": 1, "data.local-test-size": 0.001})
+    row = read_rounds(out)[1]
+    assert (row["skipped-evaluate"], row["rejected"], row["failed-evaluate"], row["clients"]) == (3, 0, 0, 3)
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["accuracy-local"] != row["accuracy-local"]  # NaN

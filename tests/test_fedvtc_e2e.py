@@ -24,7 +24,7 @@ def test_fedvtc_run_with_two_architectures(flwr: FlwrCli, tmp_path: Path) -> Non
     rows = read_rounds(tmp_path / "vtc")
     assert [r["round"] for r in rows] == [0, 1, 2]
     last = rows[-1]
-    assert (last["clients"], last["failed"], last["rejected"]) == (3, 0, 0)
+    assert (last["clients"], last["failed-train"], last["rejected"]) == (3, 0, 0)
     assert {"accuracy-vtc-cnn-0.5", "accuracy-vtc-cnn-1"} <= set(last)
     assert "vtc-loss" in last and "finetune-loss" in last
     assert last["accuracy"] > 0.2 and last["accuracy-local"] > 0.2  # chance is 0.1

@@ -62,7 +62,7 @@ def test_full_rounds_with_three_architectures(small: dict) -> None:
     rows = read_rounds(out)
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        assert (r["sampled"], r["clients"], r["failed"], r["rejected"], r["skipped"]) == (3, 3, 0, 0, 0)
+        assert (r["sampled"], r["clients"], r["failed-train"], r["rejected"], r["skipped"]) == (3, 3, 0, 0, 0)
         assert r["bytes-down-per-client"] == pytest.approx(r["bytes-down"] / 3)
         assert r["bytes-up-per-client"] == pytest.approx(r["bytes-up"] / 3)
         for key in ("client-acc-before", "client-acc-after", "generator-loss",
@@ -146,7 +146,7 @@ def test_missing_and_bad_query_replies_are_left_out(small: dict) -> None:
     cfg = {**small, "client.fault": "nan", "client.fault-partitions": "1"}
     grid, out = run(cfg, drop=drop)
     for r in read_rounds(out)[1:]:
-        assert (r["clients"], r["failed"], r["rejected"], r["skipped"]) == (1, 1, 1, 0)
+        assert (r["clients"], r["failed-query"], r["rejected"], r["skipped"]) == (1, 1, 1, 0)
     # only the node that answered is asked to distil
     assert {m.metadata.dst_node_id for m in of_type(grid.sent, "train.distill")} == {100}
 

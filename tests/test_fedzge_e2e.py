@@ -27,7 +27,7 @@ def test_fedzge_run_with_three_client_architectures(flwr: FlwrCli, tmp_path: Pat
     rows = read_rounds(tmp_path / "zge")
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        assert (r["clients"], r["failed"], r["rejected"], r["skipped"]) == (3, 0, 0, 0)
+        assert (r["clients"], r["failed-train"], r["rejected"], r["skipped"]) == (3, 0, 0, 0)
         assert r["bytes-down-per-client"] > 0 and r["bytes-up-per-client"] > 0
         assert r["client-acc-before"] > 0.1
     saved = torch.load(tmp_path / "zge" / "model.pt", weights_only=False)

@@ -51,7 +51,7 @@ def test_round_trains_back_end_averages_front_and_records_costs(heron: dict[str,
     rows = read_rounds(out)
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        assert (r["sampled"], r["clients"], r["failed"], r["rejected"]) == (3, 3, 0, 0)
+        assert (r["sampled"], r["clients"], r["failed-train"], r["rejected"]) == (3, 3, 0, 0)
         assert 0 <= r["aux-acc"] <= 1 and r["server-steps"] == 3 * r["client-uploads"]
         assert r["client-forward-per-step"] == 2 and r["client-backward-per-step"] == 0
         assert r["client-step-flops"] > 0 and r["client-step-peak-mem-mb"] > 0

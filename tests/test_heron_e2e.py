@@ -24,7 +24,7 @@ def test_heron_sfl_run_completes_with_zo_clients(flwr: FlwrCli, tmp_path: Path) 
     rows = read_rounds(tmp_path / "heron")
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
-        assert (r["clients"], r["failed"], r["rejected"]) == (3, 0, 0)
+        assert (r["clients"], r["failed-train"], r["rejected"]) == (3, 0, 0)
         assert r["client-backward-per-step"] == 0 and r["server-steps"] > 0
         assert r["bytes-up"] > r["bytes-down"]  # smashed data dominate the uplink
     assert rows[-1]["accuracy"] > 0.3

@@ -53,7 +53,7 @@ def test_run_across_namespaces_with_a_limited_link(lab: Lab, tmp_path: Path) -> 
         assert entry["status"] == "finished:completed", log[-3000:] + dep.tails()
     rows = read_rounds(tmp_path / "netns")
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all(r["clients"] == len(TRAINERS) and r["failed"] == 0 for r in rows[1:])
+    assert all(r["clients"] == len(TRAINERS) and r["failed-train"] == 0 for r in rows[1:])
     # every node's payload crossed its own veth: the wire carries at least what the
     # metrics count (plus HTTP framing, polling and heartbeats)
     up = sum(r["bytes-up"] for r in rows)

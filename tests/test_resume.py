@@ -125,7 +125,7 @@ def test_resuming_a_finished_run_runs_no_round(small: dict[str, Any]) -> None:
 def test_resume_refuses_a_different_experiment(small: dict[str, Any]) -> None:
     serve({**small, "num-server-rounds": 1}, InProcessGrid(client_app, small, 3))
     cfg = {**small, "resume": True, "client.lr": 0.2}
-    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in client"):
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in client\.lr \(0\.1 -> 0\.2\)"):
         serve(cfg, InProcessGrid(client_app, cfg, 3))
 
 

@@ -84,7 +84,7 @@ def test_zo_seed_round_trip(zo_cfg: dict) -> None:
     grid, out = run(zo_cfg)
     rows = read_rounds(out)
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    assert all((r["clients"], r["rejected"], r["failed"]) == (3, 0, 0) for r in rows[1:])
+    assert all((r["clients"], r["rejected"], r["failed-train"]) == (3, 0, 0) for r in rows[1:])
     no_parameter_crosses_the_wire(grid, param_names(zo_cfg))
     assert_replicas_match_server(grid, out, [100, 101, 102])
     train = [m for m in grid.sent if m.metadata.message_type == wire.TRAIN_SEEDS]
@@ -214,3 +214,23 @@ def test_aggregate_train_averages_scalars_per_seed_by_examples(zo_cfg: dict) -> 
         assert list(step.seeds) == zo.step_seeds(strategy.seed_base(1), h, 2)
     assert arrays is not None and strategy.ledger.clients == 2
     assert any(not torch.equal(v, before[k]) for k, v in strategy.model.state_dict().items())
+
+
+def test_client_fault_nan_is_injected_rejected_and_counted(zo_cfg: dict) -> None:
+    """Issue 19 bug 5: ``client.fault`` reaches zo-seed's ``train.seeds`` replies too."""
+    cfg = {**zo_cfg, "num-server-rounds": 2, "client.fault": "nan",
+           "client.fault-partitions": "1"}
+    grid, out = run(cfg)
+    rows = read_rounds(out)
+    assert all((r["clients"], r["rejected"]) == (2, 1) for r in rows[1:])
+    assert np.isfinite([r["loss"] for r in rows]).all()
+    bad = [m for m in grid.received if m.metadata.message_type == wire.TRAIN_SEEDS
+           and not np.isfinite(m.content[wire.ZO_STEPS]["scalars"].numpy()).all()]
+    assert len(bad) == 2 and {m.metadata.src_node_id for m in bad} == {101}
+
+
+def test_replicas_without_local_test_data_skip_evaluation(zo_cfg: dict) -> None:
+    """Issue 18: ``evaluate.seeds`` on an empty local split is skipped, not rejected."""
+    _, out = run({**zo_cfg, "num-server-rounds": 2, "data.local-test-size": 0.001})
+    for r in read_rounds(out)[1:]:
+        assert (r["skipped-evaluate"], r["failed-evaluate"], r["rejected"], r["clients"]) == (3, 0, 0, 3)

@@ -41,7 +41,7 @@ def test_zo_seed_run_completes_with_scalar_uploads(flwr: FlwrCli, tmp_path: Path
     assert entry["status"] == "finished:completed", log[-3000:]
     rows = read_rounds(tmp_path / "zoseed")
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all(r["clients"] == 3 and r["rejected"] == 0 and r["failed"] == 0 for r in rows[1:])
+    assert all(r["clients"] == 3 and r["rejected"] == 0 and r["failed-train"] == 0 for r in rows[1:])
     assert all(0 < r["bytes-up"] / 3 < 2048 for r in rows[1:])  # per client per round
     assert rows[-1]["loss"] != rows[0]["loss"]
     assert "ZO-seed:" in log and "round 2/2" in log

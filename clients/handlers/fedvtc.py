@@ -109,6 +109,7 @@ def evaluate_vtc(msg: Message, context: Context) -> Message:
     batch = cfg.server.eval_batch_size
     on_global = evaluate(model, test, batch, node.device)
     on_local = evaluate(model, data.test, batch, node.device)
-    up = wire.EvalUp(on_global.num_examples, on_global.loss, on_global.accuracy,
-                     on_local.loss, on_local.accuracy)
+    local = ((on_local.loss, on_local.accuracy) if on_local.num_examples
+             else (wire.NOT_MEASURED, wire.NOT_MEASURED))  # no local test data
+    up = wire.EvalUp(on_global.num_examples, on_global.loss, on_global.accuracy, *local)
     return Message(wire.encode_reply(up), reply_to=msg)

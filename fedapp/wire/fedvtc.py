@@ -186,9 +186,17 @@ class FinetuneUp:
                 TRAIN_S: self.train_s}
 
 
+#: ``eval-loss-local`` and ``eval-acc-local`` of a node without local test data.
+NOT_MEASURED = -1.0
+
+
 @dataclass(frozen=True, slots=True)
 class EvalUp:
-    """An ``evaluate.vtc`` reply: the node's classifier on the global test set and its split."""
+    """An ``evaluate.vtc`` reply: the node's classifier on the global test set and its split.
+
+    A node without local test data reports its local loss and accuracy as
+    :data:`NOT_MEASURED` (the server counts it as ``skipped-evaluate`` for the local means).
+    """
 
     num_examples: int
     loss: float
@@ -199,6 +207,10 @@ class EvalUp:
     def values(self) -> dict[str, int | float]:
         return {NUM_EXAMPLES: self.num_examples, EVAL_LOSS: self.loss, EVAL_ACC: self.accuracy,
                 EVAL_LOSS_LOCAL: self.loss_local, EVAL_ACC_LOCAL: self.accuracy_local}
+
+    @property
+    def measured_locally(self) -> bool:
+        return self.accuracy_local != NOT_MEASURED
 
 
 def encode_reply(up: DecoderUp | FinetuneUp | EvalUp) -> RecordDict:

@@ -4,7 +4,10 @@ Server messages are Flower's own (``FedAvg.configure_train``/``configure_evaluat
 ``arrays`` (the global model) and ``config`` {``server-round``[, ``proximal-mu``]}.
 A ``train`` reply carries ``arrays`` (same keys, shapes and dtypes), ``metrics``
 (exactly :data:`~fedapp.wire.common.TRAIN_METRICS`) and ``client-info``; an
-``evaluate`` reply ``metrics`` (exactly :data:`~fedapp.wire.common.EVAL_METRICS`).
+``evaluate`` reply ``metrics`` (exactly :data:`~fedapp.wire.common.EVAL_METRICS`), or,
+from a node without local test data, "nothing to evaluate": ``metrics``
+{``num-examples`` = 0} only (:func:`nothing_to_evaluate`), which the server counts
+as ``skipped-evaluate``, neither failed nor rejected.
 """
 
 from __future__ import annotations
@@ -87,9 +90,20 @@ class EvalUp:
 
 
 def encode_eval_reply(result: EvalUp) -> RecordDict:
+    """The reply's metrics; "nothing to evaluate" when the local test split is empty."""
+    if result.num_examples == 0:
+        return RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 0})})
     return RecordDict({METRICS: MetricRecord(
         {NUM_EXAMPLES: result.num_examples, EVAL_LOSS: result.loss, EVAL_ACC: result.accuracy}
     )})
+
+
+def nothing_to_evaluate(content: RecordDict) -> bool:
+    """Whether an evaluate reply says "nothing to evaluate": exactly ``metrics`` {``num-examples``: 0}."""
+    if content.array_records or set(content.metric_records) != {METRICS}:
+        return False
+    metrics = content.metric_records[METRICS]
+    return set(metrics) == {NUM_EXAMPLES} and metrics[NUM_EXAMPLES] == 0
 
 
 def screen_eval_reply(content: RecordDict) -> str | None:
