@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from fedapp.harness import default_run_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("FEDZG_ZO_REPLICAS", tempfile.mkdtemp(prefix="fedzg-zo-replicas-tests-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_CACHE = ROOT / ".pytest_cache" / "fedzg-data"  # shared by every test run's data.cache-dir
