@@ -17,15 +17,17 @@ Round t:
    history, and applies it to its own replica by the same replay function, so
    server and nodes agree bit for bit on one device type.
 
-Apart from bootstrap (``zo-model``: to a node more than
-``zo.catchup-max-rounds`` behind, or once to each node when θ^1 is not the
+Apart from bootstrap (``zo-model``: to a node whose missed history outweighs the
+model in bytes with ``zo.catchup-max-rounds = "auto"``, or more than N rounds
+behind with an integer N; or once to each node when θ^1 is not the
 shared-seed init, e.g. a pre-trained model) no parameter crosses the wire. BatchNorm
 running statistics are averaged like FedAvg buffers when ``zo.sync-buffers``.
 Not implemented: FedKSeed's seed pool (``kseed`` upload) and server momentum.
 
 **Client contract** (``train.seeds``): catch up to ``zo-target-round`` by
 replaying ``zo-history`` (or load ``zo-model``), load ``zo-buffers``, keep that
-replica in ``context.state``, train H ZO steps from a copy with seeds
+replica (shared by key, :mod:`clients.replicas`; ``context.state`` holds its round
+and key) and forget those older than ``zo-keep-rounds``, train H ZO steps from a copy with seeds
 ``step_seeds(zo-seed-base, h, P[, partition id])`` and lr ``zo-lr``; reply
 ``zo-steps`` {``scalars`` (H·P,) float32[, ``seeds`` (H·P,) int64]}, the local
 ``zo-buffers``, ``metrics`` and ``client-info``. ``evaluate.seeds``: catch up the

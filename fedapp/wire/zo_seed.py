@@ -1,7 +1,8 @@
 """The zo-seed protocol (``train.seeds``, ``evaluate.seeds``): seeds and scalars, not weights.
 
 Contract of docs/strategies/zo-seed.md (Wire contract). Down: ``config``
-{``server-round``, ``zo-target-round``, ``zo-seed-base``, ``zo-lr``}, ``zo-history``
+{``server-round``, ``zo-target-round``, ``zo-seed-base``, ``zo-lr``,
+``zo-keep-rounds``}, ``zo-history``
 (the aggregate steps of the rounds the node missed), ``zo-buffers`` when BatchNorm
 buffers are synced, ``zo-model`` only to bootstrap. Up (``train.seeds``):
 ``zo-steps`` {``scalars`` (H·P,) float32[, ``seeds`` (H·P,) int64]},
