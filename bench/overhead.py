@@ -80,13 +80,14 @@ def plain_rounds(cfg: AppConfig, num_clients: int, rounds: int, threads: int) ->
 
 
 def flower_rounds(
-    cli: FlwrCli, out: Path, num_clients: int, rounds: int, repeat: int, local_epochs: int
+    cli: FlwrCli, out: Path, num_clients: int, rounds: int, repeat: int, local_epochs: int,
+    app: Path = ROOT, tag: str = "overhead",
 ) -> list[float]:
-    run_name = f"overhead-{repeat}"
+    run_name = f"{tag}-{repeat}"
     entry, log = cli.run(
         f'output-dir="{out}" run-name="{run_name}" num-server-rounds={rounds} '
         f"client.local-epochs={local_epochs}",
-        f"num-supernodes={num_clients} client-resources-num-cpus=1",
+        f"num-supernodes={num_clients} client-resources-num-cpus=1", app=app,
     )
     if entry["status"] != "finished:completed":
         raise RuntimeError(f"flwr run failed: {entry['status-details']}\n{log[-2000:]}")
@@ -110,10 +111,13 @@ def main() -> None:
                         help="client.local-epochs on both sides (more work per round)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the plain loop (clients use client.num-threads = 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    parser.add_argument("--baseline-app", type=Path, default=None,
+                        help="another checkout of fedzg, run under flwr run in the same repeats "
+                             "(before/after side by side)")
     args = parser.parse_args()
 
     cfg = load_config({**default_run_config(), "client.local-epochs": args.local_epochs})
-    flower_steady, flower_first, plain, inproc = [], [], [], []
+    flower_steady, flower_first, plain, inproc, baseline = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp, FlwrCli() as cli:
         for repeat in range(args.repeats):  # interleaved, so load drifts hit both sides
             rounds = flower_rounds(
@@ -121,6 +125,9 @@ def main() -> None:
             )
             flower_first.append(rounds[0])
             flower_steady += rounds[1:]
+            if args.baseline_app is not None:
+                baseline += flower_rounds(cli, Path(tmp), args.clients, args.rounds, repeat,
+                                          args.local_epochs, args.baseline_app, "baseline")[1:]
             plain += plain_rounds(cfg, args.clients, args.rounds, args.threads)[1:]
             inproc += inprocess_rounds(
                 Path(tmp), args.clients, args.rounds, repeat, args.local_epochs
@@ -138,6 +145,9 @@ def main() -> None:
         "plain-round-s": {"median": p_med, "all": plain},
         "inprocess-round-s": {"median": i_med, "all": inproc},
         "ratio-flower-over-plain": f_med / p_med,
+        **({"baseline-app": str(args.baseline_app),
+            "baseline-flower-round-s": {"median": statistics.median(baseline), "all": baseline},
+            "ratio-baseline-over-plain": statistics.median(baseline) / p_med} if baseline else {}),
         "flower-p90-round-s": float(np.percentile(flower_steady, 90)),
     }
     atomic_write_json(args.out, result)
@@ -146,6 +156,10 @@ def main() -> None:
     print(f"{'plain PyTorch loop':28s}{p_med:16.3f}{len(plain):6d}")
     print(f"{'fedzg in one process':28s}{i_med:16.3f}{len(inproc):6d}")
     print(f"{'Flower first round (cold)':28s}{statistics.median(flower_first):16.3f}{len(flower_first):6d}")
+    if baseline:
+        b_med = statistics.median(baseline)
+        print(f"{'Flower, baseline app':28s}{b_med:16.3f}{len(baseline):6d}")
+        print(f"ratio baseline Flower / plain = {b_med / p_med:.2f}")
     print(f"ratio Flower / plain = {f_med / p_med:.2f}   (written to {args.out})")
 
 

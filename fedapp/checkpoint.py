@@ -7,15 +7,18 @@ complete server state:
 
 - ``round``: the last completed round; ``model``, ``state_dict``: the global model;
 - ``strategy``: ``strategy.state_dict()`` (generators, optimisers, histories);
-- ``rows``: every ``metrics.jsonl`` row so far, ``label-counts``: ``clients.json``;
+- ``label-counts``: ``clients.json``;
 - ``rng``: Python's ``random`` (Flower samples nodes with it), NumPy's and torch's
   global generator states;
 - ``config``: the validated config, to refuse resuming with a different experiment;
 - ``elapsed-s``: wall time so far, so ``elapsed-s`` keeps counting across a resume.
 
 ``resume = true`` reads the run's own ``model.pt``; ``resume = "<path>"`` reads that
-file (or ``<path>/model.pt``). The run then continues from round ``round + 1``
-and rewrites ``metrics.jsonl`` from ``rows``, so no round is duplicated or lost.
+file (or ``<path>/model.pt``). The run then continues from round ``round + 1``.
+The rows of ``metrics.jsonl`` and the strategy's ``journal.jsonl`` (both appended
+every round, :mod:`fedapp.results`) are read from the checkpoint's directory up to
+``round`` and rewritten once, so no round is duplicated or lost, and the checkpoint
+itself does not grow with the number of rounds.
 
 Format :data:`FORMAT` holds tensors and plain Python values only (NumPy values
 are converted on saving), so it is read with ``torch.load(weights_only=True)``:
@@ -36,10 +39,10 @@ import numpy as np
 import torch
 
 from fedapp.config import AppConfig, ConfigError
-from fedapp.results import atomic_write_bytes
+from fedapp.results import JOURNAL_NAME, METRICS_NAME, atomic_write_bytes, read_jsonl
 
 CHECKPOINT_NAME = "model.pt"
-FORMAT = 2  # 2: weights_only-loadable (tensors and plain values); 1: pickled NumPy state
+FORMAT = 3  # 3: rows in metrics.jsonl, history in journal.jsonl; 2: rows inside; 1: pickled NumPy
 
 #: Config keys that may differ between the killed run and its resumption.
 RESUMABLE_CHANGES = frozenset({"resume", "output-dir", "run-name", "num-server-rounds", "timeouts"})
@@ -53,11 +56,12 @@ class Checkpoint:
     model: str
     state_dict: dict[str, torch.Tensor]
     strategy: dict[str, Any]
-    rows: list[dict[str, Any]]
     label_counts: dict[int, list[int]]
     config: dict[str, Any]
     elapsed_s: float
     rng: dict[str, Any]
+    rows: list[dict[str, Any]] | None = None  # metrics.jsonl up to `round`, filled on loading
+    journal: list[dict[str, Any]] | None = None  # journal.jsonl up to `round`, filled on loading
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -68,7 +72,6 @@ class Checkpoint:
                 "model": self.model,
                 "state_dict": self.state_dict,
                 "strategy": self.strategy,
-                "rows": self.rows,
                 "label-counts": self.label_counts,
                 "config": self.config,
                 "elapsed-s": self.elapsed_s,
@@ -137,7 +140,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"resume: {path} is truncated or corrupt ({type(exc).__name__}{': ' * bool(first)}{first})"
         ) from None
-    if not isinstance(raw, dict) or "rows" not in raw:
+    if not isinstance(raw, dict) or "strategy" not in raw:
         raise ConfigError(f"resume: {path} is a model file without server state")
     if raw.get("format") != FORMAT:
         raise ConfigError(
@@ -197,7 +200,8 @@ def load_checkpoint(path: Path, cfg: AppConfig) -> Checkpoint:
         model=str(raw["model"]),
         state_dict=raw["state_dict"],
         strategy=raw["strategy"],
-        rows=list(raw["rows"]),
+        rows=read_jsonl(path.parent / METRICS_NAME, int(raw["round"])),
+        journal=read_jsonl(path.parent / JOURNAL_NAME, int(raw["round"])),
         label_counts={int(k): list(v) for k, v in raw["label-counts"].items()},
         config=saved,
         elapsed_s=float(raw["elapsed-s"]),

@@ -43,6 +43,8 @@ _SYNC_ONLY = "InProcessGrid answers in send_and_receive only (no message queue)"
 class InProcessGrid(Grid):
     """Nodes ``100 + i`` for partitions ``i``; every message and reply is recorded."""
 
+    synchronous = True  # replies come from send_and_receive itself (LivenessGrid calls it as is)
+
     def __init__(
         self,
         client_app: Any,

@@ -64,6 +64,7 @@ class RoundReport:
     ledger: RoundLedger
     state: dict[str, Any]  # the strategy's checkpoint state after the round
     label_counts: dict[int, list[int]]  # partition id -> label histogram, clients seen so far
+    journal: list[dict[str, Any]] = field(default_factory=list)  # append-only state, with "round"
 
 
 #: The ServerApp's callback: record a round; its MetricRecord goes into Flower's Result.

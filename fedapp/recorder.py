@@ -67,7 +67,8 @@ class RoundRecorder:
             "elapsed-s": round(now - self.t_start, 4),
         }
         self.t_last = now
-        self.writer.add_round(row)
+        self.writer.add_journal(report.journal)  # before the row and the checkpoint: resume reads
+        self.writer.add_round(row)  # both up to the checkpoint's round
         self.label_counts = dict(report.label_counts)
         self._checkpoint(report)
         log(
@@ -110,7 +111,6 @@ class RoundRecorder:
             model=self.cfg.model.name,
             state_dict=report.arrays.to_torch_state_dict(),
             strategy=report.state,
-            rows=list(self.writer.rows),
             label_counts=dict(report.label_counts),
             config=config_fingerprint(self.cfg),
             elapsed_s=time.perf_counter() - self.t_start,

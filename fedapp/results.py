@@ -1,15 +1,22 @@
 """The results contract: what every run writes under ``<output-dir>/<run-name>/``.
 
 - ``config.json``: the validated config, versions and seed;
-- ``metrics.jsonl``: one JSON object per server round (round 0 is the initial model);
+- ``metrics.jsonl``: one JSON object per server round (round 0 is the initial model),
+  appended line by line;
+- ``journal.jsonl``: append-only strategy state, one JSON object per entry with its
+  ``round`` (zo-seed's history; the checkpoint stays flat in the number of rounds);
 - ``clients.json``: each client partition's label histogram, trainer and model;
 - ``model.pt``: the latest global model (written by the ServerApp each round);
 - ``selected.json``: the round the run reports (:func:`select_round`) and its numbers;
 - ``curves.png``: accuracy, loss and bytes per round (:mod:`fedapp.plots`).
 
-Every file is written whole to a temporary name and renamed into place, so a
-crash never leaves a half-written file; files get the mode a plain ``open`` would
-give (0644 under the usual umask 022; a stricter umask keeps them private).
+Every other file is written whole to a temporary name and renamed into place, so a
+crash never leaves a half-written file. The two ``.jsonl`` files are appended with one
+``write`` of one whole line and fsynced, so a round costs the same at round 10 as at
+round 500; a crash can at worst tear the last line, which :func:`read_jsonl` drops
+(and a resume rewrites both files up to the checkpoint's round). Files get the mode a
+plain ``open`` would give (0644 under the usual umask 022; a stricter umask keeps them
+private).
 
 A run never silently replaces another: :func:`check_run_dir` refuses a directory
 that holds results unless the run resumes it or sets ``overwrite = true``, and a
@@ -45,8 +52,10 @@ ROUND_KEYS = (
 
 #: Every file a run writes into its directory (``model.pt``: :mod:`fedapp.checkpoint`).
 RESULT_FILES = (
-    "config.json", "metrics.jsonl", "clients.json", "model.pt", "selected.json", "curves.png"
+    "config.json", "metrics.jsonl", "journal.jsonl", "clients.json", "model.pt",
+    "selected.json", "curves.png",
 )
+METRICS_NAME, JOURNAL_NAME = "metrics.jsonl", "journal.jsonl"
 
 
 def _umask() -> int:
@@ -74,6 +83,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: Path, obj: Any) -> None:
+    """Append ``obj`` as one JSON line with a single ``write`` (``O_APPEND``), then fsync.
+
+    A crash leaves the file without the line or with a torn last line that
+    :func:`read_jsonl` ignores; the lines before it are never touched.
+    """
+    data = (json.dumps(obj, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short append to {path}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path, upto_round: int | None = None) -> list[dict[str, Any]]:
+    """The complete lines of a ``.jsonl`` file (a torn last line dropped), up to a round."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_bytes().split(b"\n")[:-1]:  # the part after the last newline is torn
+        if line.strip():
+            rows.append(json.loads(line))
+    if upto_round is not None:
+        rows = [r for r in rows if int(r["round"]) <= upto_round]
+    return rows
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -108,8 +147,7 @@ def check_run_dir(directory: Path, *, resuming: bool, overwrite: bool) -> None:
 
 def read_rounds(directory: Path) -> list[dict[str, Any]]:
     """The rows of ``metrics.jsonl`` (for plots, benchmarks and tests)."""
-    path = directory / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(directory / METRICS_NAME)
 
 
 def select_round(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
@@ -150,33 +188,43 @@ class ResultsWriter:
     """Owns one run's results directory."""
 
     def __init__(
-        self, directory: Path, config: dict[str, Any], rows: list[dict[str, Any]] | None = None
+        self, directory: Path, config: dict[str, Any], rows: list[dict[str, Any]] | None = None,
+        journal: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Start ``directory`` afresh (the old run's files removed), or from ``rows`` when resuming.
+        """Start ``directory`` afresh (the old run's files removed), or from ``rows`` (and the
+        strategy's ``journal``) when resuming: both files are then rewritten once, whole.
 
         Call :func:`check_run_dir` first: this replaces whatever run is there.
         """
         self.dir = directory
         self.rows: list[dict[str, Any]] = []
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in RESULT_FILES if rows is None else ("metrics.jsonl",):
+        for name in RESULT_FILES if rows is None else (METRICS_NAME, JOURNAL_NAME):
             (self.dir / name).unlink(missing_ok=True)  # a resumed run keeps its checkpoint
         atomic_write_json(self.dir / "config.json", config)
         if rows:
             self.rows = list(rows)
-            self._write_rows()
+            _write_lines(self.dir / METRICS_NAME, self.rows)
+        if journal:
+            _write_lines(self.dir / JOURNAL_NAME, journal)
 
     def add_round(self, row: dict[str, Any]) -> None:
-        """Append one round; ``metrics.jsonl`` is rewritten whole, atomically."""
+        """Append one round to ``metrics.jsonl`` (one line, :func:`append_line`)."""
         missing = [k for k in ROUND_KEYS if k not in row]
         if missing:
             raise ValueError(f"round row lacks {missing}")
         self.rows.append(row)
-        self._write_rows()
+        append_line(self.dir / METRICS_NAME, row)
 
-    def _write_rows(self) -> None:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
-        atomic_write_bytes(self.dir / "metrics.jsonl", text.encode())
+    def add_journal(self, entries: list[dict[str, Any]]) -> None:
+        """Append the strategy's journal entries of a round (each carries its ``round``)."""
+        for entry in entries:
+            append_line(self.dir / JOURNAL_NAME, entry)
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.dir / name, obj)
+
+
+def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    atomic_write_bytes(path, text.encode())

@@ -7,7 +7,7 @@ standard library and pydantic.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,7 +81,9 @@ class ZOConfig(Section):
     local_steps: int = Field(ge=1)  # H
     exact_restore: bool  # restore θ from a copy after each estimate (bit-exact, +d floats)
     seed_source: ZOSeedSource  # shared: seeds from (run seed, round, h, p); client: + partition id
-    catchup_max_rounds: int = Field(ge=0)  # zo-seed: send the model beyond this gap; 0 = never
+    # zo-seed: send the model beyond this gap; 0 = never; "auto": when the history's bytes
+    # would outweigh the model's
+    catchup_max_rounds: Annotated[int, Field(ge=0)] | Literal["auto"]
     sync_buffers: bool  # zo-seed: average BatchNorm running statistics (no parameters)
 
 

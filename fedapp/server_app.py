@@ -88,7 +88,7 @@ def _resume(cfg: AppConfig, out: Path, strategy: FedzgStrategy) -> Checkpoint | 
     if path is None:
         return None
     ckpt = load_checkpoint(path, cfg)
-    strategy.resume(ckpt.strategy, ckpt.label_counts, ckpt.round + 1)
+    strategy.resume(ckpt.strategy, ckpt.label_counts, ckpt.round + 1, ckpt.journal or [])
     restore_rng(ckpt.rng)
     log(INFO, "fedzg: resuming from %s after round %d", path, ckpt.round)
     return ckpt
@@ -148,7 +148,8 @@ def main(grid: Grid, context: Context) -> None:
         return
     if ckpt is not None:
         model.load_state_dict(ckpt.state_dict)
-    writer = ResultsWriter(out, _config_record(cfg), rows=ckpt.rows if ckpt else None)
+    writer = ResultsWriter(out, _config_record(cfg), rows=ckpt.rows if ckpt else None,
+                           journal=ckpt.journal if ckpt else None)
     recorder = RoundRecorder(cfg, writer, model, card.global_model,
                              ckpt.elapsed_s if ckpt else 0.0,
                              ckpt.label_counts if ckpt else None)

@@ -66,10 +66,23 @@ class FedzgStrategy(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; stateless strategies ignore it."""
 
+    def journal(self) -> list[dict[str, Any]]:
+        """Append-only state of the round just finished (each entry with its ``round``).
+
+        The recorder appends it to ``journal.jsonl`` instead of the checkpoint, so state
+        that grows with the rounds (zo-seed's history) costs the same to save every round.
+        """
+        return []
+
+    def load_journal(self, entries: list[dict[str, Any]]) -> None:
+        """Restore the :meth:`journal` entries up to the checkpoint's round (before its state)."""
+
     def resume(
-        self, state: dict[str, Any], label_counts: Mapping[int, list[int]], next_round: int
+        self, state: dict[str, Any], label_counts: Mapping[int, list[int]], next_round: int,
+        journal: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Continue a run from a checkpoint: state, clients seen, first round still to run."""
+        """Continue a run from a checkpoint: journal, state, clients seen, first round to run."""
+        self.load_journal(list(journal or []))
         self.load_state_dict(state)
         self.label_counts = dict(label_counts)
         self.start_round = next_round
@@ -122,7 +135,7 @@ class FedzgStrategy(Strategy):
         ledger, self.ledger = self.ledger, RoundLedger()
         if on_round is not None:
             report = RoundReport(server_round, arrays, ledger, self.state_dict(),
-                                 dict(self.label_counts))
+                                 dict(self.label_counts), self.journal())
             if (metrics := on_round(report)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = metrics
         if evaluate_fn is not None and (metrics := evaluate_fn(server_round, arrays)) is not None:

@@ -17,15 +17,17 @@ Round t:
    history, and applies it to its own replica by the same replay function, so
    server and nodes agree bit for bit on one device type.
 
-Apart from bootstrap (``zo-model``: to a node more than
-``zo.catchup-max-rounds`` behind, or once to each node when θ^1 is not the
+Apart from bootstrap (``zo-model``: to a node whose missed history outweighs the
+model in bytes with ``zo.catchup-max-rounds = "auto"``, or more than N rounds
+behind with an integer N; or once to each node when θ^1 is not the
 shared-seed init, e.g. a pre-trained model) no parameter crosses the wire. BatchNorm
 running statistics are averaged like FedAvg buffers when ``zo.sync-buffers``.
 Not implemented: FedKSeed's seed pool (``kseed`` upload) and server momentum.
 
 **Client contract** (``train.seeds``): catch up to ``zo-target-round`` by
 replaying ``zo-history`` (or load ``zo-model``), load ``zo-buffers``, keep that
-replica in ``context.state``, train H ZO steps from a copy with seeds
+replica (shared by key, :mod:`clients.replicas`; ``context.state`` holds its round
+and key) and forget those older than ``zo-keep-rounds``, train H ZO steps from a copy with seeds
 ``step_seeds(zo-seed-base, h, P[, partition id])`` and lr ``zo-lr``; reply
 ``zo-steps`` {``scalars`` (H·P,) float32[, ``seeds`` (H·P,) int64]}, the local
 ``zo-buffers``, ``metrics`` and ``client-info``. ``evaluate.seeds``: catch up the
@@ -34,8 +36,8 @@ same way, evaluate the replica on the local test split.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import asdict
 from logging import INFO
 from typing import Any
 
@@ -47,7 +49,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedapp.config import AppConfig
-from fedapp.task import zo
+from fedapp.task import zo, zo_history
 from fedapp.task.data import load_server_test
 from fedapp.task.models import ImageSpec, SplitModel, build_model
 from fedapp.task.schedule import round_lr
@@ -73,6 +75,9 @@ class ZOSeed(FedAvgRounds, FedAvg):
         self.model = model  # the server's replica of θ^t
         self.params = zo.trainable(model)
         self.history: list[zo.ZORound] = []
+        self._history_bytes = [0]  # [i]: wire bytes of history[:i]
+        self._new: list[zo.ZORound] = []  # rounds not yet handed to the journal
+        self.model_bytes = zo_history.state_bytes(model.state_dict())
         self.synced: dict[int, int] = {}  # node id -> round whose model it holds
         self._pending: dict[int, int] = {}
         self.explicit_seeds = cfg.zo.seed_source == "client"
@@ -90,35 +95,38 @@ class ZOSeed(FedAvgRounds, FedAvg):
         """The round whose model the server's replica holds (1 = the initial model)."""
         return len(self.history) + 1
 
+    def journal(self) -> list[dict[str, Any]]:
+        """The history rounds aggregated since the last report, as ``journal.jsonl`` rows."""
+        rows, self._new = [zo_history.round_to_row(r) for r in self._new], []
+        return rows
+
+    def load_journal(self, entries: list[dict[str, Any]]) -> None:
+        self.history, self._history_bytes = [], [0]
+        for row in entries:
+            if row.get("kind") == "zo-history":
+                self._append(zo_history.round_from_row(row))
+
     def state_dict(self) -> dict[str, Any]:
-        """The history (every aggregate step) and the round counter; θ^t is their replay."""
+        """The round counter and θ^t itself (the history is in the journal: flat in rounds)."""
         return {
             "round": self.current_round,
-            "history": [
-                {"round": r.round, "seed_base": r.seed_base, "steps": [asdict(s) for s in r.steps]}
-                for r in self.history
-            ],
-            "buffers": {k: v.clone() for k, v in self._buffers().items()},
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "initial": self.initial,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild θ^t from the shared init by replaying the saved history."""
+        """θ^t from the checkpoint; the history (for catching nodes up) from the journal."""
         self.initial = state.get("initial")
-        self.model.load_state_dict(self.initial or initial_model(self.cfg, self.spec).state_dict())
-        self.history = [
-            zo.ZORound(
-                r["round"], r["seed_base"],
-                tuple(zo.ZOStep(tuple(s["seeds"]), tuple(s["grads"]), s["lr"],
-                                s["num_directions"], s["weight_decay"]) for s in r["steps"]),
-            )
-            for r in state["history"]
-        ]
-        zo.replay_rounds_(self.params, self.history, 1, self.cfg.zo.direction)
-        self._set_buffers(state.get("buffers") or {})
-        self.synced, self._pending = {}, {}
+        self.model.load_state_dict(state["model"])
+        self.synced, self._pending, self._new = {}, {}, []
         if self.current_round != state["round"]:
-            raise ValueError(f"history holds {len(self.history)} rounds but round is {state['round']}")
+            raise ValueError(f"the journal holds {len(self.history)} history rounds but the "
+                             f"checkpoint is at round {state['round']}")
+
+    def _append(self, entry: zo.ZORound) -> None:
+        self.history.append(entry)
+        self._history_bytes.append(
+            self._history_bytes[-1] + zo_history.round_bytes(entry, self.explicit_seeds))
 
     # --- messages ---
 
@@ -153,10 +161,26 @@ class ZOSeed(FedAvgRounds, FedAvg):
         self.model.load_state_dict(given)
         self.initial = {k: v.clone() for k, v in given.items()}
 
+    def _too_far(self, synced: int, target: int) -> bool:
+        """Whether a node holding θ^synced gets θ^target instead of the history between them."""
+        limit = self.cfg.zo.catchup_max_rounds
+        if limit == "auto":
+            missed = self._history_bytes[target - 1] - self._history_bytes[synced - 1]
+            return missed > self.model_bytes
+        return limit > 0 and target - synced > limit
+
+    def keep_rounds(self, target: int) -> int:
+        """How far back a node may still be caught up by history (0: without limit)."""
+        limit = self.cfg.zo.catchup_max_rounds
+        if limit != "auto":
+            return limit
+        # the oldest synced round s with bytes(history[s-1 : target-1]) <= the model's
+        oldest = bisect_left(self._history_bytes, self._history_bytes[target - 1] - self.model_bytes)
+        return max(target - (oldest + 1), 1)
+
     def _downlink(self, node_id: int, server_round: int, target: int) -> Message:
         synced = self.synced.get(node_id, 1)
-        gap = target - synced
-        bootstrap = (self.cfg.zo.catchup_max_rounds > 0 and gap > self.cfg.zo.catchup_max_rounds) or (
+        bootstrap = self._too_far(synced, target) or (
             self.initial is not None and node_id not in self.synced
         )
         down = wire.ZODownlink(
@@ -167,6 +191,7 @@ class ZOSeed(FedAvgRounds, FedAvg):
             history=[] if bootstrap else self.history[synced - 1 : target - 1],
             buffers=self._buffers(),
             model=self.model.state_dict() if bootstrap else None,
+            keep_rounds=self.keep_rounds(target),
         )
         content = wire.encode_down(down, self.explicit_seeds)
         self._pending[node_id] = target
@@ -208,7 +233,8 @@ class ZOSeed(FedAvgRounds, FedAvg):
         good = [m for m in accepted if not m.has_error()]
         ups = {m.metadata.src_node_id: wire.decode_up(m.content) for m in good}  # arrival order
         entry = self._aggregate(server_round, [ups[n] for n in sorted(ups)])  # fixed replay order
-        self.history.append(entry)
+        self._append(entry)
+        self._new.append(entry)
         zo.replay_(self.params, entry.steps, self.cfg.zo.direction)
         if ups and buffers:
             self._set_buffers(_average_buffers(list(ups.values()), self._buffers()))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,9 @@ from fedapp.harness import default_run_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+_REPLICAS = tempfile.mkdtemp(prefix="fedzg-zo-replicas-tests-")  # zo-seed replicas on disk
+os.environ.setdefault("FEDZG_ZO_REPLICAS", _REPLICAS)
+atexit.register(shutil.rmtree, _REPLICAS, True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_CACHE = ROOT / ".pytest_cache" / "fedzg-data"  # shared by every test run's data.cache-dir

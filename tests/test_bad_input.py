@@ -273,10 +273,10 @@ def test_old_format_checkpoint_is_refused(tiny: dict, tmp_path: Path) -> None:
     saved = torch.load(checkpoint_of(tiny), weights_only=True)
     del saved["format"]
     torch.save(saved, tmp_path / "old.pt")
-    assert "has checkpoint format 1, this fedzg reads format 2" in resume_from(tiny, tmp_path / "old.pt")
+    assert "has checkpoint format 1, this fedzg reads format 3" in resume_from(tiny, tmp_path / "old.pt")
     saved["rng"]["numpy"] = np.random.get_state()  # format 1 pickled NumPy's state as is
     torch.save(saved, tmp_path / "numpy.pt")
-    assert "older than format 2" in resume_from(tiny, tmp_path / "numpy.pt")
+    assert "older than format 3" in resume_from(tiny, tmp_path / "numpy.pt")
 
 
 def test_checkpoint_loads_with_weights_only_and_resumes(tiny: dict) -> None:
@@ -284,7 +284,7 @@ def test_checkpoint_loads_with_weights_only_and_resumes(tiny: dict) -> None:
 
     out = serve(tiny)
     saved = torch.load(out / "model.pt", weights_only=True)
-    assert saved["format"] == 2 and saved["round"] == 1
+    assert saved["format"] == 3 and saved["round"] == 1
     again = serve({**tiny, "num-server-rounds": 2, "resume": True})
     assert [r["round"] for r in json_lines(again / "metrics.jsonl")] == [0, 1, 2]
 

@@ -98,7 +98,7 @@ def test_zo_seed_train_replies_scalars_only(digits: dict) -> None:
     up = zo_wire.decode_up(reply.content)
     assert up.scalars.shape == (6,) and up.seeds is None  # H·P scalars, seeds derivable
     assert set(reply.content.array_records) == {zo_wire.ZO_STEPS, zo_wire.ZO_BUFFERS}
-    replica = zo_wire.load_replica(ctx.state)
+    replica = zo_seed.held_replica(ctx)
     assert replica is not None and replica[1] == 1  # θ^1 stays; the local steps never touch it
     _, spec = load_server_test(app_cfg.data, app_cfg.seed)
     init = build_model(app_cfg.model.name, spec, seed=derive_seed(app_cfg.seed, PURPOSE_INIT))

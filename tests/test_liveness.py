@@ -82,3 +82,53 @@ def test_a_silent_node_is_counted_as_failed_and_the_round_completes(small: dict[
     out = serve(cfg, InProcessGrid(client_app, cfg, 3, drop=silent))
     row = read_rounds(out)[1]
     assert (row["clients"], row["failed-train"], row["failed-evaluate"]) == (2, 1, 1)
+
+
+class QueueGrid(InProcessGrid):
+    """Answers through push/pull like the runtime: node 102's reply never comes, the others'
+    after ``ready_after`` pulls."""
+
+    synchronous = False
+
+    def __init__(self, *args: Any, ready_after: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ready_after, self.pulls = ready_after, 0
+        self.queue: dict[str, Any] = {}
+
+    def push_messages(self, messages: Any) -> Any:
+        ids = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{i}"
+            if msg.metadata.dst_node_id != 102:
+                self.queue[f"m{i}"] = super().send_and_receive([msg])[0]
+            ids.append(f"m{i}")
+        return ids
+
+    def pull_messages(self, message_ids: Any) -> Any:
+        self.pulls += 1
+        if self.pulls < self.ready_after:
+            return []
+        return [self.queue.pop(i) for i in list(message_ids) if i in self.queue]
+
+
+def test_replies_are_pulled_within_milliseconds_and_the_timeout_holds(
+    small: dict[str, Any],
+) -> None:
+    # Flower's Grid sleeps a fixed 0.1 s (simulation) or 3 s (deployment) between pulls;
+    # LivenessGrid polls from 2 ms, doubling to 50 ms, and stops at the phase's timeout
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    grid = QueueGrid(client_app, small, 3, ready_after=4)
+    live = LivenessGrid(grid, timeouts(), 1)
+    msgs = [Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=n,
+                    message_type="query") for n in (100, 101)]
+    t0 = time.monotonic()
+    replies = list(live.send_and_receive(msgs, timeout=10.0))
+    assert len(replies) == 2 and grid.pulls == 4
+    assert time.monotonic() - t0 < 1.0  # 2 + 4 + 8 ms of sleeps, not 3 × 0.1 s
+    grid.pulls = 0
+    msgs = [Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=n,
+                    message_type="query") for n in (100, 102)]
+    t0 = time.monotonic()
+    replies = list(live.send_and_receive(msgs, timeout=0.3))
+    assert len(replies) == 1 and 0.3 <= time.monotonic() - t0 < 1.0  # 102 never answers

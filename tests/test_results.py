@@ -28,19 +28,38 @@ def test_writer_schema_and_rewrite(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_crash_mid_write_leaves_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+def test_a_crash_mid_append_leaves_the_previous_rows(tmp_path: Path, monkeypatch) -> None:
+    # metrics.jsonl is appended, not rewritten: a crash mid-write can tear only the new line,
+    # and readers drop a torn last line
     w = ResultsWriter(tmp_path / "run", {})
     w.add_round(row(0))
     before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    real_write = results.os.write
 
-    def crash(fd: int) -> None:
+    def torn(fd: int, data: bytes) -> int:
+        real_write(fd, data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.os, "fsync", crash)
+    monkeypatch.setattr(results.os, "write", torn)
     with pytest.raises(OSError, match="disk full"):
         w.add_round(row(1))
-    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+    monkeypatch.undo()
+    text = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    assert text.startswith(before) and len(text) > len(before)  # the torn half is there
+    assert results.read_rounds(tmp_path / "run") == [row(0)]  # and ignored
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_appending_a_round_costs_the_same_at_round_500(tmp_path: Path, monkeypatch) -> None:
+    # each add_round writes one line: the bytes written do not grow with the rows already there
+    w = ResultsWriter(tmp_path / "run", {})
+    written: list[int] = []
+    real_write = results.os.write
+    monkeypatch.setattr(results.os, "write", lambda fd, d: written.append(len(d)) or real_write(fd, d))
+    for r in range(500):
+        w.add_round(row(r))
+    assert max(written) < 2 * min(written)  # one row's bytes each time, never the whole file
+    assert [r["round"] for r in results.read_rounds(tmp_path / "run")] == list(range(500))
 
 
 def test_run_dir_is_absolute(tmp_path: Path, monkeypatch) -> None:

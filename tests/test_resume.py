@@ -162,3 +162,37 @@ def test_error_replies_do_not_break_resume(small: dict[str, Any]) -> None:
     cfg = {**small, "num-server-rounds": 2, "resume": True}
     out = serve(cfg, InProcessGrid(client_app, cfg, 3))
     assert [r["round"] for r in read_rounds(out)] == [0, 1, 2]
+
+
+def test_zo_seed_resume_drops_rows_and_history_past_the_checkpoint(
+    small: dict[str, Any], tmp_path: Path
+) -> None:
+    # Prepare: zo-seed keeps its history in journal.jsonl, not in the checkpoint. A crash
+    # after round 3's lines were appended but before its checkpoint (here: a stale round-3
+    # row and history entry, then a torn line, in each file) must not leak into the resume
+    cfg = {**small, "strategy": "zo-seed", "client.trainer": "zo", "zo.local-steps": 4,
+           "zo.lr": 1e-3, "server.fraction-evaluate": 0.67}
+    ref_cfg = {**cfg, "output-dir": str(tmp_path / "ref")}
+    ref = serve(ref_cfg, InProcessGrid(client_app, ref_cfg, 3))
+    with pytest.raises(Crash):
+        serve(cfg, CrashingGrid(client_app, cfg, 3, crash_at=5))
+    out = Path(cfg["output-dir"]) / cfg["run-name"]
+    for name, stale in (("metrics.jsonl", read_rounds(ref)[3]),
+                        ("journal.jsonl", {"round": 3, "kind": "zo-history", "seed_base": 1,
+                                           "steps": []})):
+        with (out / name).open("a") as f:
+            f.write(json.dumps(stale) + "\n" + '{"round": 4, "acc')
+    # Execute: resume on fresh nodes, which rebuild θ^t from the history alone
+    again_cfg = {**cfg, "resume": True}
+    serve(again_cfg, InProcessGrid(client_app, again_cfg, 3))
+    # Assert: the same rows, history and model as the uninterrupted run (bytes down aside: the
+    # resumed server does not know which rounds the nodes hold, so it sends them more history)
+    def same(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "bytes-down"} for r in untimed(rows)]
+
+    assert same(read_rounds(out)) == same(read_rounds(ref))
+    assert (out / "journal.jsonl").read_text() == (ref / "journal.jsonl").read_text()
+    mine = torch.load(out / CHECKPOINT_NAME, weights_only=False)
+    theirs = torch.load(ref / CHECKPOINT_NAME, weights_only=False)
+    for key, value in theirs["state_dict"].items():
+        assert torch.equal(mine["state_dict"][key], value), key

@@ -11,12 +11,13 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from clients.handlers import zo_seed as zo_handler
 from fedapp.client_app import app as client_app
 from fedapp.config import load_config
 from fedapp.harness import InProcessGrid
-from fedapp.results import read_rounds
+from fedapp.results import read_jsonl, read_rounds
 from fedapp.server_app import main
-from fedapp.task import zo
+from fedapp.task import zo, zo_history
 from fedapp.task.models import build_model
 from fedapp.wire import zo_seed as wire
 from fedapp.wire.common import (
@@ -65,7 +66,7 @@ def param_names(cfg: dict) -> set[str]:
 def assert_replicas_match_server(grid: InProcessGrid, out: Path, nodes: list[int]) -> None:
     server = torch.load(out / "model.pt", weights_only=False)["state_dict"]
     for node in nodes:
-        replica, synced = wire.load_replica(grid.contexts[node].state)  # type: ignore[misc]
+        replica, synced = zo_handler.held_replica(grid.contexts[node])  # type: ignore[misc]
         assert synced == 4  # holds θ^4: the model after round 3's aggregation
         for key, value in server.items():
             assert torch.equal(replica[key], value), (node, key)  # bitwise, same device type
@@ -138,14 +139,30 @@ def test_bad_scalars_are_rejected_and_counted(zo_cfg: dict, kind: str) -> None:
     assert np.isfinite([r["loss"] for r in rows]).all()
 
 
-def test_state_dict_rebuilds_the_model_by_replay(zo_cfg: dict) -> None:
-    _, out = run({**zo_cfg, "zo.weight-decay": 1e-2, "zo.direction": "sphere"})
+def test_the_journal_replays_to_the_checkpointed_model(zo_cfg: dict) -> None:
+    # The checkpoint holds θ^t and the round, not the history: the history is appended to
+    # journal.jsonl once per round, and replaying it from θ^1 gives θ^t bit for bit
+    cfg = {**zo_cfg, "zo.weight-decay": 1e-2, "zo.direction": "sphere"}
+    _, out = run(cfg)
     saved = torch.load(out / "model.pt", weights_only=False)
-    assert saved["strategy"]["round"] == 4 and len(saved["strategy"]["history"]) == 3
-    fresh = build_strategy(load_config({**zo_cfg, "zo.weight-decay": 1e-2, "zo.direction": "sphere"}))
-    fresh.load_state_dict(saved["strategy"])  # type: ignore[attr-defined]
-    for key, value in fresh.model.state_dict().items():  # type: ignore[attr-defined]
+    assert saved["strategy"]["round"] == 4 and "history" not in saved["strategy"]
+    journal = read_jsonl(out / "journal.jsonl")
+    assert [r["round"] for r in journal] == [1, 2, 3]
+    fresh = build_strategy(load_config(cfg))
+    replayed = zo.replay_rounds_(zo.trainable(fresh.model),  # type: ignore[attr-defined]
+                                 [zo_history.round_from_row(r) for r in journal], 1, "sphere")
+    assert replayed == 4
+    for key, value in fresh.model.named_parameters():  # type: ignore[attr-defined]
         assert torch.equal(value, saved["state_dict"][key]), key
+    resumed = build_strategy(load_config(cfg))
+    resumed.resume(saved["strategy"], {}, 4, journal)
+    assert resumed.history == fresh_history(journal)  # type: ignore[attr-defined]
+    for key, value in resumed.model.state_dict().items():  # type: ignore[attr-defined]
+        assert torch.equal(value, saved["state_dict"][key]), key
+
+
+def fresh_history(journal: list[dict]) -> list[zo.ZORound]:
+    return [zo_history.round_from_row(r) for r in journal]
 
 
 def test_mixed_fedavg_federation(run_config: dict) -> None:
@@ -181,7 +198,7 @@ def test_pretrained_start_reaches_each_node_once_by_bootstrap(zo_cfg: dict) -> N
     assert sorted(boots) == [100, 101, 102]  # once per node, then replay only
     server = strategy.model.state_dict()  # type: ignore[attr-defined]
     for node in (100, 101, 102):
-        replica, _ = wire.load_replica(grid.contexts[node].state)  # type: ignore[misc]
+        replica, _ = zo_handler.held_replica(grid.contexts[node])  # type: ignore[misc]
         assert all(torch.equal(replica[k], v) for k, v in server.items())
 
 
@@ -234,3 +251,79 @@ def test_replicas_without_local_test_data_skip_evaluation(zo_cfg: dict) -> None:
     _, out = run({**zo_cfg, "num-server-rounds": 2, "data.local-test-size": 0.001})
     for r in read_rounds(out)[1:]:
         assert (r["skipped-evaluate"], r["failed-evaluate"], r["rejected"], r["clients"]) == (3, 0, 0, 3)
+
+
+# --- growth: flat in rounds and nodes (docs/strategies/zo-seed.md, Growth) ---
+
+
+def test_auto_catch_up_sends_the_model_once_the_history_outweighs_it(zo_cfg: dict) -> None:
+    strategy = build_strategy(load_config(zo_cfg))  # zo.catchup-max-rounds = "auto" (default)
+    assert strategy.cfg.zo.catchup_max_rounds == "auto"  # type: ignore[attr-defined]
+    model_bytes = strategy.model_bytes  # type: ignore[attr-defined]
+    pairs = (model_bytes // 3 - zo_history.ROUND_OVERHEAD_BYTES) // 4 - 1  # 3 rounds fit, 4 do not
+    for t in range(1, 9):
+        step = zo.ZOStep(tuple(range(pairs)), tuple([0.5] * pairs), 1e-3, pairs)
+        strategy._append(zo.ZORound(t, t, (step,)))  # type: ignore[attr-defined]
+    target = 9
+    assert [strategy._too_far(target - gap, target) for gap in (1, 2, 3, 4, 5)] == [  # type: ignore[attr-defined]
+        False, False, False, True, True]
+    assert strategy.keep_rounds(target) == 3  # type: ignore[attr-defined]
+
+
+def test_nodes_hold_a_key_not_a_model_and_share_replicas(zo_cfg: dict) -> None:
+    from clients import replicas
+
+    grid, out = run(zo_cfg, num_nodes=6)
+    assert_replicas_match_server(grid, out, list(range(100, 106)))
+    state_bytes = [len(repr(c.state.config_records)) for c in grid.contexts.values()]
+    assert max(state_bytes) < 512  # round and key only: flat in the model size
+    assert len({str(c.state.config_records[wire.ZO_SYNC]) for c in grid.contexts.values()}) == 1
+    assert len(replicas.STORE._cache) <= replicas.IN_MEMORY  # shared, whatever the node count
+    fresh = replicas.ReplicaStore(root=replicas.STORE.directory)  # another process, same machine
+    server = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    replica, _ = zo_handler.held_replica(grid.contexts[100], fresh)  # type: ignore[misc]
+    assert all(torch.equal(replica[k], v) for k, v in server.items())  # read back from disk
+
+
+def test_a_node_without_its_replica_fails_once_then_is_resynchronised(
+    zo_cfg: dict, tmp_path: Path
+) -> None:
+    from clients import replicas
+
+    def elsewhere(msg: Message, ctx: Context) -> Message:
+        # node 101 runs round 3's training on a machine that has none of its replicas
+        if ctx.node_id == 101 and msg.metadata.message_type == wire.TRAIN_SEEDS \
+                and round_config(msg.content)[SERVER_ROUND] == 3:
+            shared, replicas.STORE = replicas.STORE, replicas.ReplicaStore(root=tmp_path / "empty")
+            try:
+                return client_app(msg, ctx)
+            finally:
+                replicas.STORE = shared
+        return client_app(msg, ctx)
+
+    grid, out = run({**zo_cfg, "num-server-rounds": 4}, app=elsewhere)
+    rows = read_rounds(out)
+    assert [r["failed-train"] for r in rows[1:]] == [0, 0, 1, 0]
+    assert [r["clients"] for r in rows[1:]] == [3, 3, 2, 3]
+    redo = [m for m in grid.sent if m.metadata.dst_node_id == 101
+            and round_config(m.content)[SERVER_ROUND] == 3
+            and m.metadata.message_type == wire.EVALUATE_SEEDS][0]
+    assert [r.round for r in wire.unpack_history(redo.content[wire.ZO_HISTORY])] == [1, 2, 3]
+    server = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    for node in (100, 101, 102):
+        replica, synced = zo_handler.held_replica(grid.contexts[node])  # type: ignore[misc]
+        assert synced == 5 and all(torch.equal(replica[k], v) for k, v in server.items())
+
+
+def test_the_replica_store_keeps_two_in_memory_and_prunes_old_rounds(tmp_path: Path) -> None:
+    from clients.replicas import ReplicaStore
+
+    store = ReplicaStore(root=tmp_path)
+    for t in range(1, 6):
+        store.put("run", t, f"k{t}", {"w": torch.full((3,), float(t))})
+    assert list(store._cache) == ["k4", "k5"]
+    assert store.memory_bytes() == 2 * 3 * 4
+    assert torch.equal(store.get("run", 2, "k2")["w"], torch.full((3,), 2.0))  # type: ignore[index]
+    assert store.prune("run", 4) == 3
+    assert store.get("run", 3, "k3") is None and store.get("run", 5, "k5") is not None
+    assert sorted(p.name[:9] for p in (tmp_path / "run").glob("*.pt")) == ["000000004", "000000005"]

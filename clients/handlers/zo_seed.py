@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import torch
 from flwr.app import Context, Message
 
-from clients import whole_trainer
+from clients import replicas, whole_trainer
 from clients.base import NodeSpec
 from clients.handlers import common
 from clients.plans import zo_seed_plan
+from clients.replicas import ReplicaStore
 from fedapp.config import AppConfig
-from fedapp.task import zo
+from fedapp.task import zo, zo_history
 from fedapp.task.data import ClientData
 from fedapp.task.evaluate import evaluate
 from fedapp.task.models import SplitModel, build_model
@@ -19,34 +21,61 @@ from fedapp.wire import zo_seed as wire
 
 
 def replica(
-    cfg: AppConfig, node: NodeSpec, data: ClientData, down: wire.ZODownlink, context: Context
+    cfg: AppConfig, node: NodeSpec, data: ClientData, down: wire.ZODownlink, context: Context,
+    store: ReplicaStore | None = None,
 ) -> SplitModel:
     """Catch this node's replica of the global model up to ``down.target_round``.
 
-    From the stored replica (or θ^1, built from the shared init seed) by replaying the
-    history; from ``zo-model`` only when the server bootstraps. Stored back in
-    ``context.state``, so the local steps that follow never touch it.
+    From the replica the node last held (shared by key in :mod:`clients.replicas`), or
+    θ^1 built from the shared init seed, by replaying the history; from ``zo-model``
+    only when the server bootstraps. ``context.state`` keeps only the round and key,
+    so memory does not grow with the number of nodes; the local steps that follow
+    train the returned model, never the stored replica.
     """
     if node.trainer != "zo" or node.model != cfg.model.name:
         raise ValueError(
             f"zo-seed needs trainer 'zo' and model {cfg.model.name!r} on every node; "
             f"this node has {node.trainer!r}, {node.model!r}"
         )
+    store = store or replicas.STORE
     model = build_model(node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
-    saved, synced = wire.load_replica(context.state), 1
+    key = zo_history.config_key(node.model, derive_seed(cfg.seed, PURPOSE_INIT), repr(data.spec))
+    space, synced = f"run-{context.run_id}-{key[:12]}", 1
     if down.model is not None:
         model.load_state_dict(down.model)
-        synced = down.target_round
-    elif saved is not None:
-        model.load_state_dict(saved[0])
-        synced = saved[1]
-    synced = zo.replay_rounds_(zo.trainable(model), down.history, synced, cfg.zo.direction)
+        synced, key = down.target_round, zo_history.initial_key(down.model, down.target_round)
+    elif (held := wire.load_sync(context.state)) is not None and held[2] != key:
+        saved = store.get(*held)
+        if saved is None:
+            raise ValueError(f"the replica of round {held[1]} is not on this machine; "
+                             "the server resynchronises this node")
+        model.load_state_dict(saved)
+        space, synced, key = held
+    params = zo.trainable(model)
+    for entry in down.history:
+        if entry.round >= synced:
+            synced = zo.replay_rounds_(params, [entry], synced, cfg.zo.direction)
+            key = zo_history.next_key(key, entry)
     if synced != down.target_round:
         raise ValueError(f"replica reached round {synced}, server expects {down.target_round}")
     if down.buffers:
         model.load_state_dict(down.buffers, strict=False)
-    wire.save_replica(context.state, model.state_dict(), synced)
+    store.put(space, synced, key, model.state_dict())
+    if down.keep_rounds > 0:
+        store.prune(space, down.target_round - down.keep_rounds)
+    wire.save_sync(context.state, space, synced, key)
     return model
+
+
+def held_replica(
+    context: Context, store: ReplicaStore | None = None
+) -> tuple[dict[str, torch.Tensor], int] | None:
+    """The replica this node holds and its round (tests, benchmarks), if it has one."""
+    held = wire.load_sync(context.state)
+    if held is None:
+        return None
+    saved = (store or replicas.STORE).get(*held)
+    return None if saved is None else (saved, held[1])
 
 
 def train(msg: Message, context: Context) -> Message:

@@ -1,7 +1,8 @@
 """The zo-seed protocol (``train.seeds``, ``evaluate.seeds``): seeds and scalars, not weights.
 
 Contract of docs/strategies/zo-seed.md (Wire contract). Down: ``config``
-{``server-round``, ``zo-target-round``, ``zo-seed-base``, ``zo-lr``}, ``zo-history``
+{``server-round``, ``zo-target-round``, ``zo-seed-base``, ``zo-lr``,
+``zo-keep-rounds``}, ``zo-history``
 (the aggregate steps of the rounds the node missed), ``zo-buffers`` when BatchNorm
 buffers are synced, ``zo-model`` only to bootstrap. Up (``train.seeds``):
 ``zo-steps`` {``scalars`` (H·P,) float32[, ``seeds`` (H·P,) int64]},
@@ -28,11 +29,10 @@ from fedapp.wire.common import (
     ClientInfo,
     TrainMetrics,
     get_float,
+    WireError,
     get_int,
-    load_state,
     pack_arrays,
     round_config,
-    save_state,
     screen_arrays,
     screen_metrics,
     train_reply,
@@ -49,9 +49,11 @@ ZO_STEPS = "zo-steps"  # up: this node's projected-gradient scalars (and seeds i
 ZO_TARGET_ROUND = "zo-target-round"  # the round whose model the node must hold after catch-up
 ZO_SEED_BASE = "zo-seed-base"  # the base seed of this round's perturbations
 ZO_LR = "zo-lr"  # η_t of this round
-ZO_REPLICA = "zo-replica"  # context.state: the node's copy of the global model
-ZO_SYNC = "zo-sync"  # context.state: {"round": the round that copy belongs to}
+ZO_KEEP_ROUNDS = "zo-keep-rounds"  # the largest gap still caught up by history (0: no limit)
+ZO_SYNC = "zo-sync"  # context.state: {"space", "round", "key"}: the replica this node holds
 SYNC_ROUND = "round"
+SYNC_KEY = "key"
+SYNC_SPACE = "space"
 
 _META = "meta"  # (R, 5) int64: round, seed base, steps, pairs per step, P
 _RATES = "rates"  # (R, 2) float64: lr, weight decay
@@ -114,6 +116,7 @@ class ZODownlink:
     history: list[zo.ZORound]
     buffers: dict[str, torch.Tensor] | None
     model: dict[str, torch.Tensor] | None
+    keep_rounds: int = 0  # nodes may forget replicas older than target_round - keep_rounds
 
 
 def encode_down(
@@ -128,6 +131,7 @@ def encode_down(
                     ZO_TARGET_ROUND: down.target_round,
                     ZO_SEED_BASE: down.seed_base,
                     ZO_LR: down.lr,
+                    ZO_KEEP_ROUNDS: down.keep_rounds,
                 }
             ),
             ZO_HISTORY: pack_history(down.history, explicit_seeds),
@@ -151,6 +155,7 @@ def decode_down(content: RecordDict) -> ZODownlink:
         history=unpack_history(arrays[ZO_HISTORY]),
         buffers=unpack_arrays(content, ZO_BUFFERS) if ZO_BUFFERS in arrays else None,
         model=unpack_arrays(content, ZO_MODEL) if ZO_MODEL in arrays else None,
+        keep_rounds=get_int(config, ZO_KEEP_ROUNDS),
     )
 
 
@@ -217,14 +222,20 @@ def screen_train_reply(
     return screen_metrics(content, TRAIN_METRICS)
 
 
-def load_replica(state: RecordDict) -> tuple[dict[str, torch.Tensor], int] | None:
-    """This node's replica of the global model and the round it belongs to, if it has one."""
-    saved = load_state(state, ZO_REPLICA)
-    if saved is None:
+def load_sync(state: RecordDict) -> tuple[str, int, str] | None:
+    """The store space, round and key of the replica this node holds, if any.
+
+    The replica itself is shared by key (:mod:`clients.replicas`).
+    """
+    if ZO_SYNC not in state.config_records:
         return None
-    return saved, get_int(state.config_records[ZO_SYNC], SYNC_ROUND)
+    record = state.config_records[ZO_SYNC]
+    space, key = record[SYNC_SPACE], record[SYNC_KEY]
+    if not isinstance(key, str) or not isinstance(space, str):
+        raise WireError(f"node state {ZO_SYNC!r} holds a non-string space or key")
+    return space, get_int(record, SYNC_ROUND), key
 
 
-def save_replica(state: RecordDict, state_dict: Mapping[str, torch.Tensor], synced: int) -> None:
-    save_state(state, ZO_REPLICA, state_dict)
-    state[ZO_SYNC] = ConfigRecord({SYNC_ROUND: synced})
+def save_sync(state: RecordDict, space: str, synced: int, key: str) -> None:
+    """Remember the replica's space, round and key (a few bytes, not the model)."""
+    state[ZO_SYNC] = ConfigRecord({SYNC_SPACE: space, SYNC_ROUND: synced, SYNC_KEY: key})
