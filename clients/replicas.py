@@ -12,7 +12,8 @@ keeps only ``(round, key)`` and the replicas live here:
 - on local disk: one file per key under :func:`default_root` (shared by every
   process of the machine: Ray actors, deployment ClientApp processes), written
   atomically, removed once the server would send the model instead of the history
-  (rounds older than ``target − zo-keep-rounds``).
+  (rounds older than ``target − zo-keep-rounds``) and in any case beyond the newest
+  :data:`ON_DISK` rounds, so disk use is bounded by that many model copies.
 
 A node whose replica is not on this machine (another Ray node, a cleaned temporary
 directory) fails that one message; the server then resynchronises it from θ^1 or
@@ -30,6 +31,10 @@ import torch
 
 #: Replicas kept in memory per process (the current round's and the previous one's).
 IN_MEMORY = 2
+#: Replicas kept on disk per run: older rounds are removed even inside the catch-up window, so
+#: disk use stays at most this many model copies; a node whose replica went fails one message
+#: and is resynchronised (with 10 % of nodes sampled per round, a gap of 64 rounds has p ≈ 0.001).
+ON_DISK = 64
 #: Environment variable naming the directory for on-disk replicas.
 ROOT_ENV = "FEDZG_ZO_REPLICAS"
 
@@ -90,6 +95,7 @@ class ReplicaStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.prune(space, round_ - ON_DISK + 1)
 
     def prune(self, space: str, before_round: int) -> int:
         """Remove ``space``'s files of rounds older than ``before_round``; returns how many."""

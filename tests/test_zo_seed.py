@@ -327,3 +327,13 @@ def test_the_replica_store_keeps_two_in_memory_and_prunes_old_rounds(tmp_path: P
     assert store.prune("run", 4) == 3
     assert store.get("run", 3, "k3") is None and store.get("run", 5, "k5") is not None
     assert sorted(p.name[:9] for p in (tmp_path / "run").glob("*.pt")) == ["000000004", "000000005"]
+
+
+def test_the_replica_store_keeps_at_most_on_disk_rounds_on_disk(tmp_path: Path) -> None:
+    from clients.replicas import ON_DISK, ReplicaStore
+
+    store = ReplicaStore(root=tmp_path)
+    for t in range(1, ON_DISK + 6):
+        store.put("run", t, f"k{t}", {"w": torch.zeros(1)})
+    kept = sorted(int(p.name[:9]) for p in (tmp_path / "run").glob("*.pt"))
+    assert kept == list(range(6, ON_DISK + 6))  # the newest ON_DISK rounds
