@@ -214,4 +214,4 @@ def build_fedgen(cfg: AppConfig) -> FedGen:
     return FedGen(**common_kwargs(cfg), fedgen=cfg.fedgen, template=template, seed=cfg.seed)
 
 
-CARD = StrategyCard("fedgen", build_fedgen, WEIGHT_TRAINERS, default_trainer="fo")
+CARD = StrategyCard("fedgen", build_fedgen, WEIGHT_TRAINERS)

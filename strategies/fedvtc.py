@@ -47,7 +47,7 @@ from flwr.serverapp import Grid
 
 from fedapp.config import AppConfig
 from fedapp.task.data import load_server_test
-from fedapp.task.models import VTC_ZOO, ImageSpec
+from fedapp.task.models import ImageSpec
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
 from fedapp.task.vtc import average_states, build_decoder
@@ -235,7 +235,6 @@ def _needs_local_test(cfg: AppConfig) -> str | None:
 
 
 CARD = StrategyCard(
-    "fedvtc", FedVTC.from_config, frozenset({"fo"}), default_trainer="fo",
-    client_models=VTC_ZOO, heterogeneous=True, global_model=False,
+    "fedvtc", FedVTC.from_config, frozenset({"fo"}), heterogeneous=True, global_model=False,
     checks=(_needs_local_test,),
 )
