@@ -27,11 +27,8 @@ def replica(
     history; from ``zo-model`` only when the server bootstraps. Stored back in
     ``context.state``, so the local steps that follow never touch it.
     """
-    if node.trainer != "zo" or node.model != cfg.model.name:
-        raise ValueError(
-            f"zo-seed needs trainer 'zo' and model {cfg.model.name!r} on every node; "
-            f"this node has {node.trainer!r}, {node.model!r}"
-        )
+    common.require_trainer(node, frozenset({"zo"}), "zo-seed")
+    common.require_global_model(cfg, node, "zo-seed")
     model = build_model(node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     saved, synced = wire.load_replica(context.state), 1
     if down.model is not None:
