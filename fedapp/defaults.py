@@ -97,7 +97,8 @@ def card_values(strategy: str) -> dict[str, Any]:
     with path.open("rb") as f:
         values = flatten(tomllib.load(f))
     defaults = pyproject_defaults()
-    if bad := sorted(k for k in values if k not in defaults or k in ("preset", "strategy")):
+    if bad := sorted(k for k in values if k not in defaults
+                     or k in ("preset", "strategy", "strategy-card")):
         raise PresetError(f"card {strategy!r} sets key(s) {bad} that it may not set")
     return values
 
@@ -133,7 +134,8 @@ def resolve_layers(
         preset_strategy = read_preset(name).get("strategy")
         if preset_strategy is not None:
             resolved["strategy"] = preset_strategy
-    for source, values in _layers(name, resolved.get("strategy")):
+    strategy = resolved.get("strategy") if run_config.get("strategy-card", True) is True else None
+    for source, values in _layers(name, strategy):
         for key, value in values.items():
             if key not in sources and unset(key):
                 resolved[key], sources[key] = value, source
@@ -169,8 +171,9 @@ def client_divergence(run_config: Mapping[str, Any], overrides: Mapping[str, Any
     return [
         f"{key} = {exact[key]!r} equals its pyproject default, which the ClientApps cannot tell "
         f"apart from not setting it, so they would take {clients[key]!r} from "
-        f"{sources[key].replace(':', ' ', 1)}; to keep it, take a value other than the default "
-        "(for a preset: copy its file, set the key there and pass the file instead of preset)"
+        f"{sources[key].replace(':', ' ', 1)}; to keep it, take a value other than the default, "
+        "or for a card set strategy-card=false, or for a preset copy its file, set the key "
+        "there and pass the file instead of preset"
         for key in sorted(exact)
         if not _same(exact[key], clients.get(key)) and key not in server_side_keys(exact)
         and key in sources

@@ -145,12 +145,12 @@ def run_federation(
     from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 
     flat = {**default_run_config(), **overrides}
-    cfg = load_config(flat)
+    cfg = load_config(flat, overrides)  # as the ServerApp: exact, refused where clients differ
     _, spec = load_server_test(cfg.data, cfg.seed)
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     if initial is not None:
         model.load_state_dict(initial)
-    record = config_record(cfg, resolve_layers(flat)[1])
+    record = config_record(cfg, resolve_layers(flat, overrides)[1])
     writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), record)
     federate(InProcessGrid(client_app, flat, num_nodes, record=False), cfg, model, writer)
     return read_rounds(Path(writer.dir))

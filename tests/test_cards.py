@@ -123,3 +123,12 @@ def test_a_strategy_chosen_by_name_learns(run_config: dict[str, Any], strategy: 
     assert rows[-1]["accuracy"] >= floor, [r["accuracy"] for r in rows]
     saved = json.loads((Path(run_config["output-dir"]) / strategy / "config.json").read_text())
     assert saved["from-card"] == {k: f"card:{strategy}" for k in card_values(strategy)}
+
+
+def test_strategy_card_false_keeps_the_global_defaults(run_config: dict[str, Any]) -> None:
+    submitted = {"strategy": "zo-seed", "strategy-card": False, "client.trainer": "zo",
+                 "zo.lr": pyproject_defaults()["zo.lr"]}
+    fused = {**run_config, **submitted}
+    for cfg in (load_config(fused), load_config(fused, submitted)):  # clients, server
+        assert (cfg.zo.lr, cfg.zo.local_steps) == (0.001, 20)
+    assert resolve_layers(fused, submitted)[1] == {}
