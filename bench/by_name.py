@@ -6,8 +6,9 @@ trainer, models and recommended values; ``fedapp/cards/``), through the in-proce
 10 nodes, 10 rounds, seed 0, FedAvg alongside. Reported per strategy: final-round accuracy,
 the best round's accuracy (test-selected: an upper bound, never a headline), the accuracy of
 every round, bytes up + down per client-round and wall seconds per round. FedVTC has no
-global model: its accuracy is the clients' mean on their local test splits, and its
-``accuracy-local`` (the local-only baseline each round) is printed beside it.
+global model: its accuracy is the clients' mean accuracy on the global test set, printed beside
+its local-only baseline (every client trains its own zoo model alone for as many rounds,
+``bench.fedvtc.run_local_only``, same clients and seed).
 
 Usage::
 
@@ -26,7 +27,8 @@ from typing import Any
 
 import torch
 
-from fedapp.harness import run_federation
+from bench.fedvtc import run_local_only
+from fedapp.harness import default_run_config, run_federation
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("fedavg", "fedprox", "fedgen", "zo-seed", "heron-sfl", "fedzge", "fedvtc")
@@ -48,7 +50,8 @@ def one(strategy: str, rounds: int, nodes: int, seed: int, out: Path) -> dict[st
         "final": per_round[-1] if per_round else float("nan"),
         "best-test-selected": max(per_round) if per_round else float("nan"),
         "accuracy": per_round,
-        "accuracy-local": [r["accuracy-local"] for r in trained if "accuracy-local" in r],
+        "local-only": (run_local_only({**default_run_config(), **overrides}, nodes)["accuracy"]
+                       if strategy == "fedvtc" else None),
         "bytes-per-client-round": moved / client_rounds,
         "s-per-round": wall / max(len(trained), 1),
         "failed": sum(r.get("failed", 0) for r in trained),
@@ -62,8 +65,8 @@ def table(results: list[dict[str, Any]]) -> str:
              "| bytes / client-round | s / round |", "|---|---|---|---|---|---|"]
     for r in results:
         curve = " ".join(f"{a:.2f}" for a in r["accuracy"])
-        if r["accuracy-local"]:
-            curve += f" (local-only final {r['accuracy-local'][-1]:.2f})"
+        if r["local-only"] is not None:
+            curve += f" (local-only baseline {r['local-only']:.3f})"
         lines.append(f"| {r['strategy']} | {r['final']:.3f} | {r['best-test-selected']:.3f} | "
                      f"{curve} | {r['bytes-per-client-round'] / 1e6:.2f} MB | "
                      f"{r['s-per-round']:.1f} |")
