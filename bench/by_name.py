@@ -90,11 +90,15 @@ def main() -> None:
             print(f"{name}: final {r['final']:.3f}, per round "
                   f"{[round(a, 3) for a in r['accuracy']]}, {r['s-per-round']:.1f} s/round",
                   flush=True)
+            write(args, results)  # after each strategy: a long run keeps what it measured
     print(table(results))
+    print(f"wrote {args.out}")
+
+
+def write(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "results": results}, indent=1))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
