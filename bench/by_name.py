@@ -68,7 +68,7 @@ def table(results: list[dict[str, Any]]) -> str:
         if r["local-only"] is not None:
             curve += f" (local-only baseline {r['local-only']:.3f})"
         lines.append(f"| {r['strategy']} | {r['final']:.3f} | {r['best-test-selected']:.3f} | "
-                     f"{curve} | {r['bytes-per-client-round'] / 1e6:.2f} MB | "
+                     f"{curve} | {r['bytes-per-client-round'] / 1024:.1f} KiB | "
                      f"{r['s-per-round']:.1f} |")
     return "\n".join(lines)
 
