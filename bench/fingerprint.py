@@ -159,7 +159,8 @@ def fingerprint() -> dict[str, Any]:
         out = Path(tmp)
         result["default"] = run_case({"num-server-rounds": 3}, 10, out, "default")
         for name, overrides, nodes in CASES:
-            result[name] = run_case(overrides, nodes, out, name)
+            # the tests' own settings: no strategy card under them
+            result[name] = run_case({"strategy-card": False, **overrides}, nodes, out, name)
     return result
 
 

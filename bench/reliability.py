@@ -53,7 +53,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "fedprox": {"strategy": "fedprox"},
     "fedgen": {"strategy": "fedgen", "num-server-rounds": 2, "fedgen.generator-steps": 2},
     "zo-seed": {"strategy": "zo-seed", "client.trainer": "zo", "num-server-rounds": 2,
-                "zo.local-steps": 2, "zo.num-directions": 2, "zo.lr": 1e-3},
+                "zo.local-steps": 2, "zo.num-directions": 2, "zo.lr": 2e-3},
     "heron-sfl": {"strategy": "heron-sfl", "client.trainer": "split-zo",
                   "heron.batch-size": 32, "heron.client-lr": 1e-3, "heron.server-lr": 3e-3},
     "fedzge": {"strategy": "fedzge", "model.name": "mlp", "model.clients": "0:fedgen-cnn,1:mlp,2:cnn",

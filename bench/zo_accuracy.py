@@ -51,6 +51,7 @@ CLIENTS = 10
 COMMON: dict[str, Any] = {
     "server.fraction-train": 0.5, "server.fraction-evaluate": 0.0, "client.local-steps": 20,
     "zo.local-steps": 20, "data.alpha": 0.5, "data.partition": "dirichlet",
+    "strategy-card": False,  # these settings exactly, not zo-seed's card
 }
 FO = {"strategy": "fedavg", "client.trainer": "fo"}
 ZO = {"strategy": "zo-seed", "client.trainer": "zo"}

@@ -148,6 +148,7 @@ class AppConfig(Section):
     resume: bool | str  # true: continue <output-dir>/<run-name>; a path: that checkpoint
     overwrite: bool  # replace an existing run's results in <output-dir>/<run-name>
     preset: str  # "": none; a name in fedapp/presets/, laid under the user's overrides
+    strategy_card: bool  # lay the strategy's recommended values (fedapp/cards/) under the user's
     server: ServerConfig
     data: DataConfig
     model: ModelConfig

@@ -1,10 +1,13 @@
-"""The run config's defaults (``pyproject.toml``) and presets (``fedapp/presets/*.toml``).
+"""The run config's layers: defaults, strategy cards, presets, the user's overrides.
 
-``preset = "<name>"`` lays ``fedapp/presets/<name>.toml`` under the user's
-overrides. Flower fuses every pyproject default into ``context.run_config`` and
+From lowest to highest: ``pyproject.toml``; the strategy's card
+(``fedapp/cards/<strategy>.toml``, the recommended values a strategy chosen by
+name runs with); ``preset = "<name>"`` (``fedapp/presets/<name>.toml``); the
+user's overrides. The card's file is data, not code, so the ClientApps (which
+cannot import :mod:`strategies`) resolve the same values as the ServerApp. Flower fuses every pyproject default into ``context.run_config`` and
 tells a ClientApp nothing else, so a ClientApp counts a key as *set by the user*
 when its value differs from the pyproject default (same type and value): an
-override equal to its default is taken as unset and gets the preset's value.
+override equal to its default is taken as unset and gets the preset's (or card's) value.
 
 The ServerApp knows better: Flower's ``Run`` carries the submitted overrides
 (``grid.run.override_config``), and ``python -m fedapp check`` parses them itself.
@@ -27,6 +30,7 @@ from typing import Any
 #: The app's own pyproject.toml (next to the package in a source tree and in an installed FAB).
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
 
 class PresetError(ValueError):
@@ -82,27 +86,67 @@ def _preset_name(run_config: Mapping[str, Any]) -> str:
     return name if isinstance(name, str) else ""  # a non-string preset is the schema's to report
 
 
+def card_values(strategy: str) -> dict[str, Any]:
+    """The recommended values of ``strategy``'s card (``fedapp/cards/<strategy>.toml``).
+
+    A strategy without a file recommends nothing; the keys are checked against pyproject's.
+    """
+    path = CARDS_DIR / f"{strategy}.toml"
+    if not path.is_file():
+        return {}
+    with path.open("rb") as f:
+        values = flatten(tomllib.load(f))
+    defaults = pyproject_defaults()
+    if bad := sorted(k for k in values if k not in defaults
+                     or k in ("preset", "strategy", "strategy-card")):
+        raise PresetError(f"card {strategy!r} sets key(s) {bad} that it may not set")
+    return values
+
+
+def _layers(preset: str, strategy: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The layers under the user's keys, highest first: the preset, then the strategy's card."""
+    layers = [(f"preset:{preset}", read_preset(preset))] if preset else []
+    if isinstance(strategy, str):
+        layers.append((f"card:{strategy}", card_values(strategy)))
+    return layers
+
+
+def resolve_layers(
+    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``run_config`` with preset and card values on every key the user did not set, and sources.
+
+    With ``overrides`` (the submitted keys) "set" is exact; without, a key is unset
+    while it equals its pyproject default, which is all a ClientApp can know. The
+    second value maps each key taken from a layer to ``"preset:<name>"`` or
+    ``"card:<strategy>"``.
+    """
+    resolved = dict(run_config)
+    sources: dict[str, str] = {}
+    defaults = pyproject_defaults()
+
+    def unset(key: str) -> bool:
+        if overrides is not None:
+            return key not in overrides
+        return _same(run_config.get(key, defaults[key]), defaults[key])
+
+    if (name := _preset_name(run_config)) and unset("strategy"):
+        preset_strategy = read_preset(name).get("strategy")
+        if preset_strategy is not None:
+            resolved["strategy"] = preset_strategy
+    strategy = resolved.get("strategy") if run_config.get("strategy-card", True) is True else None
+    for source, values in _layers(name, strategy):
+        for key, value in values.items():
+            if key not in sources and unset(key):
+                resolved[key], sources[key] = value, source
+    return resolved, sources
+
+
 def apply_preset(
     run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``run_config`` with its preset's values on every key the user did not set.
-
-    With ``overrides`` (the submitted keys) "set" is exact; without, a key is unset
-    while it equals its pyproject default, which is all a ClientApp can know.
-    """
-    resolved = dict(run_config)
-    if not (name := _preset_name(run_config)):
-        return resolved
-    defaults = pyproject_defaults()
-    for key, value in read_preset(name).items():
-        unset = (
-            key not in overrides
-            if overrides is not None
-            else _same(run_config.get(key, defaults[key]), defaults[key])
-        )
-        if unset:
-            resolved[key] = value
-    return resolved
+    """``run_config`` with its preset's and its strategy card's values on every key not set."""
+    return resolve_layers(run_config, overrides)[0]
 
 
 #: Keys no ClientApp reads: the ServerApp may resolve them differently from its clients.
@@ -122,14 +166,15 @@ def server_side_keys(resolved: Mapping[str, Any]) -> frozenset[str]:
 
 def client_divergence(run_config: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[str]:
     """One message per key a ClientApp would resolve differently from the exact resolution."""
-    if not (name := _preset_name(run_config)):
-        return []
-    exact, clients = apply_preset(run_config, overrides), apply_preset(run_config)
+    exact, _ = resolve_layers(run_config, overrides)
+    clients, sources = resolve_layers(run_config)
     return [
         f"{key} = {exact[key]!r} equals its pyproject default, which the ClientApps cannot tell "
-        f"apart from not setting it, so they would take {clients[key]!r} from preset {name!r}; to "
-        f"keep {exact[key]!r}, copy fedapp/presets/{name}.toml, set {key} there and pass that "
-        "file to --run-config instead of the preset key"
+        f"apart from not setting it, so they would take {clients[key]!r} from "
+        f"{sources[key].replace(':', ' ', 1)}; to keep it, take a value other than the default, "
+        "or for a card set strategy-card=false, or for a preset copy its file, set the key "
+        "there and pass the file instead of preset"
         for key in sorted(exact)
         if not _same(exact[key], clients.get(key)) and key not in server_side_keys(exact)
+        and key in sources
     ]

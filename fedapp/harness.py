@@ -149,18 +149,20 @@ def run_federation(
     from fedapp.client_app import app as client_app
     from fedapp.config import load_config
     from fedapp.results import ResultsWriter, read_rounds, run_dir
-    from fedapp.server_app import federate
+    from fedapp.defaults import resolve_layers
+    from fedapp.server_app import config_record, federate
     from fedapp.task.data import load_server_test
     from fedapp.task.models import build_model
     from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 
     flat = {**default_run_config(), **overrides}
-    cfg = load_config(flat)
+    cfg = load_config(flat, overrides)  # as the ServerApp: exact, refused where clients differ
     _, spec = load_server_test(cfg.data, cfg.seed)
     model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     if initial is not None:
         model.load_state_dict(initial)
-    writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), {"config": flat})
+    record = config_record(cfg, resolve_layers(flat, overrides)[1])
+    writer = ResultsWriter(run_dir(cfg.output_dir, cfg.run_name), record)
     federate(InProcessGrid(client_app, flat, num_nodes, record=False), cfg, model, writer)
     return read_rounds(Path(writer.dir))
 

@@ -109,6 +109,7 @@ class FedGenConfig(Section):
     synthetic_batch_size: int = Field(ge=1)  # B_gen: generated latents per client step
     label_counts: Literal["histogram", "round-draws"]  # decision G2
     available_labels: Literal["from-counts", "all"]  # decision G6
+    weight_scale: Literal["step", "official"]  # decision G8: alpha_t, beta_t per client step
 
 
 class HeronConfig(Section):

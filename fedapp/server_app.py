@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedapp.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, restore_rng
 from fedapp.config import AppConfig, ConfigError, load_config
+from fedapp.defaults import resolve_layers
 from fedapp.liveness import LivenessGrid, NodesUnavailable
 from fedapp.plots import plot_curves
 from fedapp.recorder import RoundRecorder
@@ -60,10 +61,14 @@ def _submitted(grid: Grid) -> dict[str, Any] | None:
         return None
 
 
-def _config_record(cfg: AppConfig) -> dict[str, Any]:
+def config_record(cfg: AppConfig, sources: dict[str, str]) -> dict[str, Any]:
+    """``config.json``: the resolved config, where preset and card values came from, versions."""
+    flat = cfg.model_dump(mode="json", by_alias=True, exclude={"resume"})
     return {
         # without `resume`, so a resumed run's config.json equals the uninterrupted one's
-        "config": cfg.model_dump(mode="json", by_alias=True, exclude={"resume"}),
+        "config": flat,
+        "from-card": {k: v for k, v in sorted(sources.items()) if v.startswith("card:")},
+        "from-preset": {k: v for k, v in sorted(sources.items()) if v.startswith("preset:")},
         "seed": cfg.seed,
         "versions": {
             "fedzg": version("fedzg") if _installed("fedzg") else "source",
@@ -124,7 +129,9 @@ def federate(
 def main(grid: Grid, context: Context) -> None:
     """Run ``cfg.strategy`` for ``num-server-rounds`` rounds and write the results."""
     try:
-        cfg = load_config(context.run_config, _submitted(grid))
+        submitted = _submitted(grid)
+        cfg = load_config(context.run_config, submitted)
+        sources = resolve_layers(context.run_config, submitted)[1]
         card = card_for(cfg)
         out = run_dir(cfg.output_dir, cfg.run_name)
         resumes_here = (path := checkpoint_path(cfg, out)) is not None and path.parent == out
@@ -148,7 +155,7 @@ def main(grid: Grid, context: Context) -> None:
         return
     if ckpt is not None:
         model.load_state_dict(ckpt.state_dict)
-    writer = ResultsWriter(out, _config_record(cfg), rows=ckpt.rows if ckpt else None,
+    writer = ResultsWriter(out, config_record(cfg, sources), rows=ckpt.rows if ckpt else None,
                            journal=ckpt.journal if ckpt else None)
     recorder = RoundRecorder(cfg, writer, model, card.global_model,
                              ckpt.elapsed_s if ckpt else 0.0,

@@ -4,8 +4,10 @@ Each strategy module declares its :class:`StrategyCard`; :mod:`strategies` lists
 them. The card replaces per-strategy branches elsewhere: the ServerApp checks the
 validated config against it (:func:`check`) before anything runs, builds the
 strategy with it, and tells the recorder whether there is a global model to
-evaluate and which round the run reports. New facts about a strategy (recommended
-settings, say) become new fields with defaults.
+evaluate and which round the run reports. Its recommended settings (default
+trainer, client models, learning rates...) are data, ``fedapp/cards/<name>.toml``,
+which :mod:`fedapp.defaults` lays under the user's keys on the server and on the
+clients alike (docs/architecture.md (Decisions)); the card reads them back.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedapp.config import AppConfig, ConfigError
+from fedapp.defaults import card_values, pyproject_defaults
 from strategies.base import FedzgStrategy
 
 #: A strategy-specific rule on the validated config: the problem in one line, or ``None``.
@@ -32,12 +35,27 @@ class StrategyCard:
     name: str  # the run-config value of ``strategy``
     build: Callable[[AppConfig], FedzgStrategy]
     trainers: frozenset[str]  # accepted ``client.trainer`` values (``mixed`` included)
-    default_trainer: str
-    client_models: tuple[str, ...] = ()  # a default ``model.clients`` zoo (heterogeneous only)
     heterogeneous: bool = False  # clients may run architectures of their own
     global_model: bool = True  # False: clients report the accuracy (no server evaluation)
     select: Callable[[AppConfig], str] = final_round  # the round the run reports
     checks: tuple[ConfigCheck, ...] = ()  # strategy-specific config rules
+
+    @property
+    def recommended(self) -> dict[str, object]:
+        """The flat run-config values a run of this strategy takes for keys the user did not set."""
+        return card_values(self.name)
+
+    @property
+    def default_trainer(self) -> str:
+        """``client.trainer`` when the user does not set it."""
+        trainer = self.recommended.get("client.trainer", pyproject_defaults()["client.trainer"])
+        return str(trainer)
+
+    @property
+    def client_models(self) -> tuple[str, ...]:
+        """The default ``model.clients`` zoo (heterogeneous strategies only)."""
+        text = str(self.recommended.get("model.clients", ""))
+        return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
 def check(cfg: AppConfig, card: StrategyCard, heterogeneous: list[str]) -> None:

@@ -154,5 +154,5 @@ def build_fedprox(cfg: AppConfig) -> ScreenedFedProx:
 
 WEIGHT_TRAINERS = frozenset({"fo", "zo", "mixed"})
 
-FEDAVG = StrategyCard("fedavg", build_fedavg, WEIGHT_TRAINERS, default_trainer="fo")
-FEDPROX = StrategyCard("fedprox", build_fedprox, WEIGHT_TRAINERS, default_trainer="fo")
+FEDAVG = StrategyCard("fedavg", build_fedavg, WEIGHT_TRAINERS)
+FEDPROX = StrategyCard("fedprox", build_fedprox, WEIGHT_TRAINERS)

@@ -30,7 +30,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedapp.config import AppConfig, FedGenConfig
+from fedapp.config import AppConfig, ClientConfig, FedGenConfig
 from fedapp.task.data import load_server_test
 from fedapp.task.fedgen import (
     GeneratorLosses,
@@ -40,9 +40,11 @@ from fedapp.task.fedgen import (
     head_state,
     label_weights,
     regularization_weight,
+    step_scale,
     train_generator,
 )
 from fedapp.task.models import SplitModel, build_model
+from fedapp.task.schedule import round_lr
 from fedapp.task.seeding import (
     PURPOSE_FEDGEN_INIT,
     PURPOSE_FEDGEN_SERVER,
@@ -70,10 +72,11 @@ class FedGenAvg(FedAvg):
     """
 
     def __init__(
-        self, *, fedgen: FedGenConfig, template: SplitModel, seed: int, **kwargs: Any
+        self, *, fedgen: FedGenConfig, template: SplitModel, seed: int,
+        client: ClientConfig | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.fedgen, self.template, self.seed = fedgen, template, seed
+        self.fedgen, self.template, self.seed, self.client = fedgen, template, seed, client
         self.num_classes = int(template.head.weight.shape[0])  # type: ignore[union-attr]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, PURPOSE_FEDGEN_INIT))
@@ -103,6 +106,13 @@ class FedGenAvg(FedAvg):
             return list(range(self.num_classes))
         return sorted(self.seen_labels)
 
+    def _weight_scale(self, server_round: int) -> float:
+        """Decision G8: alpha_t, beta_t scaled to this round's client step (1: official)."""
+        if self.fedgen.weight_scale == "official" or self.client is None:
+            return 1.0
+        c = self.client
+        return step_scale(c.optimizer, round_lr(c.lr, c.lr_decay, server_round), c.momentum)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -110,8 +120,9 @@ class FedGenAvg(FedAvg):
         if server_round == 1:  # regularise from round 2: G_w is untrained before
             return super().configure_train(server_round, arrays, config, grid)
         t, f = server_round - 1, self.fedgen  # t: the official 0-based round index
-        alpha = regularization_weight(f.alpha0, f.regularizer_decay, f.regularizer_floor, t)
-        beta = regularization_weight(f.beta0, f.regularizer_decay, f.regularizer_floor, t)
+        scale = self._weight_scale(server_round)
+        alpha = scale * regularization_weight(f.alpha0, f.regularizer_decay, f.regularizer_floor, t)
+        beta = scale * regularization_weight(f.beta0, f.regularizer_decay, f.regularizer_floor, t)
         config = wire.fedgen_config(config, alpha, beta, self._available_labels())
         messages = list(super().configure_train(server_round, arrays, config, grid))
         wire.attach_generator(messages, pack_arrays(self.generator.state_dict()))
@@ -211,7 +222,8 @@ class FedGen(FedAvgRounds, FedGenAvg):
 def build_fedgen(cfg: AppConfig) -> FedGen:
     _, spec = load_server_test(cfg.data, cfg.seed)
     template = build_model(cfg.model.name, spec)
-    return FedGen(**common_kwargs(cfg), fedgen=cfg.fedgen, template=template, seed=cfg.seed)
+    return FedGen(**common_kwargs(cfg), fedgen=cfg.fedgen, template=template, seed=cfg.seed,
+                  client=cfg.client)
 
 
-CARD = StrategyCard("fedgen", build_fedgen, WEIGHT_TRAINERS, default_trainer="fo")
+CARD = StrategyCard("fedgen", build_fedgen, WEIGHT_TRAINERS)

@@ -45,9 +45,9 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedapp.config import AppConfig
+from fedapp.config import AppConfig, parse_model_map
 from fedapp.task.data import load_server_test
-from fedapp.task.models import VTC_ZOO, ImageSpec
+from fedapp.task.models import ImageSpec, build_model
 from fedapp.task.seeding import PURPOSE_INIT, derive_seed
 from fedapp.task.stats import FeatureStats, pool_stats
 from fedapp.task.vtc import average_states, build_decoder
@@ -236,8 +236,25 @@ def _needs_local_test(cfg: AppConfig) -> str | None:
     return None
 
 
+def _latent_sizes_match(cfg: AppConfig) -> str | None:
+    """Every client architecture must project to ``fedvtc.latent-dim`` (the shared space)."""
+    mapping = parse_model_map(cfg.model.clients)
+    if isinstance(mapping, list) and mapping:  # round-robin: every client runs one of these
+        names = sorted(set(mapping))
+    else:  # partitions a map leaves out run model.name
+        names = sorted(set(mapping.values() if isinstance(mapping, dict) else []) | {cfg.model.name})
+    probe = ImageSpec(1, 28, 28, 10)  # latent sizes do not depend on the input size
+    wrong = [f"{m} ({build_model(m, probe).latent_dim})" for m in names
+             if build_model(m, probe).latent_dim != cfg.fedvtc.latent_dim]
+    if wrong:
+        return (f"model.clients = {cfg.model.clients!r} is invalid for strategy 'fedvtc': latent "
+                f"size(s) {', '.join(wrong)} differ from fedvtc.latent-dim = "
+                f"{cfg.fedvtc.latent_dim}; allowed: models of latent size "
+                f"{cfg.fedvtc.latent_dim}, e.g. the card's vtc-cnn-0.5,vtc-cnn-1,vtc-cnn-1.5,vtc-cnn-2")
+    return None
+
+
 CARD = StrategyCard(
-    "fedvtc", FedVTC.from_config, frozenset({"fo"}), default_trainer="fo",
-    client_models=VTC_ZOO, heterogeneous=True, global_model=False,
-    checks=(_needs_local_test,),
+    "fedvtc", FedVTC.from_config, frozenset({"fo"}), heterogeneous=True, global_model=False,
+    checks=(_needs_local_test, _latent_sizes_match),
 )

@@ -308,7 +308,6 @@ def _selection_needs_validation(cfg: AppConfig) -> str | None:
 
 
 CARD = StrategyCard(
-    "fedzge", FedZGE.from_config, frozenset({"fo"}), default_trainer="fo",
-    client_models=("fedgen-cnn", "mlp", "cnn"), heterogeneous=True,
+    "fedzge", FedZGE.from_config, frozenset({"fo"}), heterogeneous=True,
     select=lambda cfg: cfg.fedzge.select, checks=(_selection_needs_validation,),
 )

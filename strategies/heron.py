@@ -210,5 +210,4 @@ class HeronSFL(PhasedStrategy):
         super().summary()
 
 
-CARD = StrategyCard("heron-sfl", HeronSFL.from_config, frozenset({"split-zo", "split-fo"}),
-                    default_trainer="split-zo")
+CARD = StrategyCard("heron-sfl", HeronSFL.from_config, frozenset({"split-zo", "split-fo"}))

@@ -308,5 +308,5 @@ def _no_momentum(cfg: AppConfig) -> str | None:
     return None
 
 
-CARD = StrategyCard("zo-seed", ZOSeed.from_config, frozenset({"zo"}), default_trainer="zo",
+CARD = StrategyCard("zo-seed", ZOSeed.from_config, frozenset({"zo"}),
                     checks=(_no_momentum,))

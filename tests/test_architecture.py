@@ -38,10 +38,11 @@ ALLOWED: dict[str, set[str]] = {
                         "fedapp.task", "flwr.app", "flwr.common"},
     "fedapp.server_app": {"fedapp", "strategies", *PUBLIC_FLWR},
     "fedapp.client_app": {"clients.handlers", "flwr.app", "flwr.clientapp"},
-    "fedapp.harness": {"fedapp.client_app", "fedapp.config", "fedapp.results",
+    "fedapp.harness": {"fedapp.client_app", "fedapp.config", "fedapp.defaults", "fedapp.results",
                        "fedapp.server_app", "fedapp.task", "flwr.app", "flwr.serverapp",
                        "flwr.supercore.task_identity"},  # the one Flower internal
-    "strategies": {"fedapp.config", "fedapp.ledger", "fedapp.task", "fedapp.wire", "strategies",
+    "strategies": {"fedapp.config", "fedapp.defaults", "fedapp.ledger", "fedapp.task", "fedapp.wire",
+                   "strategies",
                    "flwr.app", "flwr.serverapp", "flwr.common"},
     "clients": {"fedapp.config", "fedapp.task", "clients"},
     "clients.handlers": {"fedapp.config", "fedapp.task", "fedapp.wire", "clients",

@@ -228,16 +228,34 @@ def test_fedgen_rounds_send_the_generator_from_round_two(fedgen_cfg: dict) -> No
     first, second = train[:3], train[3:]
     assert all(fedgen_wire.GENERATOR not in m.content.array_records for m in first)
     assert all(fedgen_wire.FEDGEN_ALPHA not in m.content["config"] for m in first)
+    scale = 0.01 / 0.05  # decision G8: official step 0.01 over this client's step (lr 0.05, m 0)
     for m in second:
         config = m.content["config"]
-        assert config[fedgen_wire.FEDGEN_ALPHA] == pytest.approx(10.0 * 0.98)
-        assert config[fedgen_wire.FEDGEN_BETA] == pytest.approx(10.0 * 0.98)
+        assert config[fedgen_wire.FEDGEN_ALPHA] == pytest.approx(10.0 * 0.98 * scale)
+        assert config[fedgen_wire.FEDGEN_BETA] == pytest.approx(10.0 * 0.98 * scale)
         assert list(config[fedgen_wire.FEDGEN_LABELS]) == list(range(10))  # iid: every label seen
         assert fedgen_wire.GENERATOR in m.content.array_records
     rows = read_rounds(out)
     assert all(r["rejected"] == 0 and r["clients"] == 3 for r in rows[1:])
     assert rows[2]["bytes-down"] > rows[1]["bytes-down"]  # the generator travels from round 2
     assert rows[-1]["accuracy"] > 0.3
+
+
+def test_official_weight_scale_sends_the_official_weights(fedgen_cfg: dict) -> None:
+    grid, _ = run({**fedgen_cfg, "fedgen.weight-scale": "official"})
+    second = [m for m in grid.sent if m.metadata.message_type == "train"][3:]
+    assert second and all(
+        m.content["config"][fedgen_wire.FEDGEN_ALPHA] == pytest.approx(10.0 * 0.98) for m in second
+    )
+
+
+def test_step_scale_is_one_at_the_official_protocol_and_smaller_above_it() -> None:
+    from fedapp.task.fedgen import step_scale
+
+    assert step_scale("sgd", 0.01, 0.0) == 1.0  # preset fedgen-mnist: unchanged
+    assert step_scale("sgd", 0.05, 0.9) == pytest.approx(0.02)  # the app's default optimiser
+    assert step_scale("sgd", 0.001, 0.0) == 1.0  # never above the official weights
+    assert step_scale("adam", 0.001, 0.9) == 1.0
 
 
 def test_fedgen_replies_pass_fedavg_validation(fedgen_cfg: dict) -> None:

@@ -21,7 +21,8 @@ FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 def _config(out: Path, extra: str) -> str:
     return (
         f'output-dir="{out}" data.cache-dir="{DATA_CACHE}" num-server-rounds=2 '
-        f'data.dataset="digits" data.partition="iid" zo.local-steps=5 zo.lr=0.001 {extra}'
+        f'data.dataset="digits" data.partition="iid" zo.local-steps=5 zo.lr=0.001 '
+        f'strategy-card=false {extra}'  # zo.lr = its global default, not the card's
     )
 
 

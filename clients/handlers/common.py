@@ -33,6 +33,20 @@ def require_trainer(node: NodeSpec, allowed: frozenset[str], protocol: str) -> N
         )
 
 
+def require_global_model(cfg: AppConfig, node: NodeSpec, protocol: str) -> None:
+    """Refuse a node whose architecture is not the global model ``protocol`` aggregates.
+
+    Only a node-config ``model`` can differ here (the ServerApp refuses ``model.clients``
+    for such strategies), so the line names that key, before any weights are loaded.
+    """
+    if node.model != cfg.model.name:
+        raise ValueError(
+            f"node-config model = {node.model!r} is invalid: {protocol} clients train the one "
+            f"global model {cfg.model.name!r}; set model = {cfg.model.name!r} or drop model "
+            "from this node's node-config"
+        )
+
+
 def train_metrics(stats: FitStats) -> TrainMetrics:
     """A trainer's stats as the wire's train metrics."""
     return TrainMetrics(stats.num_examples, stats.train_loss, stats.forward_passes,

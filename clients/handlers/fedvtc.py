@@ -38,8 +38,8 @@ def _prepare(
     if model.latent_dim != cfg.fedvtc.latent_dim:
         raise ValueError(
             f"model {node.model!r} has latent size {model.latent_dim}, fedvtc.latent-dim is "
-            f"{cfg.fedvtc.latent_dim}: give clients vtc-cnn-* models (model.clients, as in "
-            "fedapp/presets/fedvtc-digits.toml)"
+            f"{cfg.fedvtc.latent_dim}: give this node a vtc-cnn-* model (node-config model, or "
+            "drop it to take the card's model.clients)"
         )
     if (state := load_state(context.state, wire.VTC_STATE_CLASSIFIER)) is not None:
         model.load_state_dict(state)

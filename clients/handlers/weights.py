@@ -34,12 +34,14 @@ def _loss_fn(
 def train(msg: Message, context: Context) -> Message:
     """Local update with this node's trainer; reply weights, metrics and label counts."""
     cfg, node, data = common.prepare(context)
+    common.require_global_model(cfg, node, cfg.strategy)
+    trainer = whole_trainer(node.trainer, wire.TRAIN)
     down = wire.decode_down(msg.content)
     model = build_model(node.model, data.spec)
     model.load_state_dict(down.state)
     plan = fit_plan(cfg, node, down.server_round, down.proximal_mu)
     loss_fn = _loss_fn(cfg, node, msg, plan, model, data.spec.num_classes)
-    stats = whole_trainer(node.trainer, wire.TRAIN).fit(
+    stats = trainer.fit(
         model, data.train, plan, node.device, loss_fn=loss_fn
     )
     counts = LABEL_COUNTS[cfg.fedgen.label_counts](data.train, plan, data.spec.num_classes)
@@ -53,6 +55,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's local test split."""
     cfg, node, data = common.prepare(context)
+    common.require_global_model(cfg, node, cfg.strategy)
     model = build_model(node.model, data.spec)
     model.load_state_dict(wire.decode_down(msg.content).state)
     result = evaluate(model, data.test, cfg.server.eval_batch_size, node.device)

@@ -32,11 +32,8 @@ def replica(
     so memory does not grow with the number of nodes; the local steps that follow
     train the returned model, never the stored replica.
     """
-    if node.trainer != "zo" or node.model != cfg.model.name:
-        raise ValueError(
-            f"zo-seed needs trainer 'zo' and model {cfg.model.name!r} on every node; "
-            f"this node has {node.trainer!r}, {node.model!r}"
-        )
+    common.require_trainer(node, frozenset({"zo"}), "zo-seed")
+    common.require_global_model(cfg, node, "zo-seed")
     store = store or replicas.STORE
     model = build_model(node.model, data.spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
     key = zo_history.config_key(node.model, derive_seed(cfg.seed, PURPOSE_INIT), repr(data.spec))

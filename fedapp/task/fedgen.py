@@ -239,6 +239,26 @@ def regularization_weight(initial: float, decay: float, floor: float, t: int) ->
     return max(floor, initial * decay**t)
 
 
+#: The client step the official alpha0 = beta0 = 10 were tuned for: plain SGD, lr 0.01.
+OFFICIAL_STEP = 0.01
+
+
+def step_scale(optimizer: str, lr: float, momentum: float) -> float:
+    """The factor that keeps alpha_t and beta_t at the official strength per unit of step.
+
+    The regulariser's gradients are those of a CE and a KL on the same logits, so
+    alpha_t and beta_t multiply the step the regulariser takes. The official values
+    were tuned with SGD at lr 0.01 without momentum (effective step 0.01); with SGD
+    the effective step is ``lr / (1 - momentum)`` (0.5 at the app's default lr 0.05,
+    momentum 0.9), where alpha_t = 10 steps 500x further than the official client on
+    generated latents and diverges. Returns ``min(1, OFFICIAL_STEP / step)``: 1 at the
+    official setting, 0.02 at the app's default. Adam normalises its step; its ``lr``
+    is the step. docs/strategies/fedgen.md (Stability at other client settings).
+    """
+    step = lr / (1.0 - momentum) if optimizer == "sgd" else lr
+    return min(1.0, OFFICIAL_STEP / step)
+
+
 @dataclass(frozen=True, slots=True)
 class RegularizerRound:
     """What a FedGen ``train`` message tells a client.
