@@ -54,7 +54,7 @@ def one(strategy: str, rounds: int, nodes: int, seed: int, out: Path) -> dict[st
                        if strategy == "fedvtc" else None),
         "bytes-per-client-round": moved / client_rounds,
         "s-per-round": wall / max(len(trained), 1),
-        "failed": sum(r.get("failed", 0) for r in trained),
+        "failed": sum(r.get("failed-train", 0) + r.get("failed-evaluate", 0) for r in trained),
         "rejected": sum(r.get("rejected", 0) for r in trained),
     }
 

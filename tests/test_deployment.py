@@ -176,4 +176,4 @@ def test_killed_supernode_is_counted_and_the_run_finishes(
     assert rows[1]["train-phase-s"] < 150 + 10  # bounded by timeouts.train (+ one poll)
     print(f"dead node: round 1 ended {detected_s:.1f} s after the kill; "
           f"train phases {[r['train-phase-s'] for r in rows[1:]]} s; "
-          f"failed per round {[r['failed'] for r in rows[1:]]}")
+          f"failed-train per round {[r['failed-train'] for r in rows[1:]]}")
