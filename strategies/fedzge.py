@@ -13,8 +13,14 @@ Client weights never leave a node, and nodes may run different architectures
    ``seed`` transport (default, SPEC §3.6 Z3) sends x once plus a seed from which
    clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches (official).
 4. generator: L_G at x and every x_j from the data-size-weighted ensemble ℓ̄, the ZO
-   estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step.
-5. server KD: E2 full-batch steps of the global model towards ℓ̄(x), temperature T.
+   estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step (none with
+   lr_G = 0, the frozen-generator ablation). Steps 2-4 run ``generator-steps`` times
+   (official: once), each with fresh latents and directions.
+5. server KD: E2 full-batch steps of the global model towards ℓ̄(x) of the last
+   queried batch, temperature T. With ``official-eval`` the global model is also
+   tested after every step the official way (BatchNorm statistics of each test
+   batch) and the best step logged as ``accuracy-official-style``: a labelled
+   diagnostic, never the headline ``accuracy`` nor a selection criterion.
 6. ``train.distill``: clients take E3 KD steps towards ℓ̄(x) on the x they kept.
 
 Client contract
@@ -41,6 +47,7 @@ as they were and the round is logged as skipped.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
@@ -52,7 +59,12 @@ from flwr.serverapp import Grid
 
 from fedapp import records
 from fedapp.config import AppConfig, FedZGEConfig
-from fedapp.task.data import load_server_test
+from fedapp.task.batchnorm import (
+    batch_statistics,
+    reestimate_running_stats,
+    transductive_accuracy,
+)
+from fedapp.task.data import Arrays, load_server_test
 from fedapp.task.evaluate import resolve_device
 from fedapp.task.fedzge import (
     GeneratorLossWeights,
@@ -77,6 +89,10 @@ from fedapp.task.seeding import (
 from fedapp.task.zo import unit_directions
 from strategies._phased import PhasedStrategy
 
+#: ``global-bn = synthetic``: fresh synthetic batches of N the global model's BatchNorm
+#: statistics are re-estimated from after the server KD.
+BN_BATCHES = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Synthetic:
@@ -95,9 +111,11 @@ class FedZGE(PhasedStrategy):
     def __init__(
         self, cfg: FedZGEConfig, spec: ImageSpec, server_model: SplitModel, seed: int,
         fraction_train: float, min_available_nodes: int, device: torch.device,
+        test: Arrays | None = None,
     ) -> None:
         super().__init__(fraction_train=fraction_train, min_available_nodes=min_available_nodes)
         self.cfg, self.spec, self.seed, self.device = cfg, spec, seed, device
+        self.test = test  # only for the labelled official-style diagnostic
         self.server_model = server_model.to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, PURPOSE_FEDZGE_GENERATOR))
@@ -115,11 +133,12 @@ class FedZGE(PhasedStrategy):
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> FedZGE:
-        _, spec = load_server_test(cfg.data, cfg.seed)
+        test, spec = load_server_test(cfg.data, cfg.seed)
         model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
         return cls(
             cfg.fedzge, spec, model, cfg.seed, cfg.server.fraction_train,
             cfg.server.min_available_nodes, resolve_device(cfg.client.device),
+            test if cfg.fedzge.official_eval else None,
         )
 
     # -- the round --------------------------------------------------------------------------
@@ -129,19 +148,25 @@ class FedZGE(PhasedStrategy):
         nodes = self._sample(grid)
         self.ledger.sampled = len(nodes)
         self._local_update(grid, server_round, nodes)
-        generator_before = {k: v.clone() for k, v in self.generator.state_dict().items()}
-        synthetic = self._synthesize(server_round)
-        answers = self._query(grid, server_round, nodes, synthetic)
+        before = self._generator_snapshot()
+        losses: list[float] = []
+        answers: dict[int, tuple[torch.Tensor, int]] = {}
+        for step in range(self.cfg.generator_steps):
+            synthetic = self._synthesize(server_round, step)
+            answers = self._query(grid, server_round, nodes, synthetic, step)
+            if not answers:
+                break
+            ensemble = ensemble_logits(*zip(*answers.values(), strict=True))  # (1+q, N, C)
+            losses.append(self._generator_step(synthetic, ensemble))
         self.ledger.clients = len(answers)
         self.ledger.extra["skipped"] = float(not answers)
         if answers:
-            ensemble = ensemble_logits(*zip(*answers.values(), strict=True))  # (1+q, N, C)
-            self._generator_step(synthetic, ensemble)
-            self._server_distill(synthetic.x.detach(), ensemble[0])
+            self.ledger.extra["generator-loss"] = sum(losses) / len(losses)
+            self._server_distill(synthetic.x.detach(), ensemble[0], server_round)
             self._client_distill(grid, server_round, sorted(answers), ensemble[0])
             arrays = records.pack_arrays(self.server_model.state_dict())
-        else:  # the synthesis forward moved G's BN statistics: put them back
-            self.generator.load_state_dict(generator_before)
+        else:  # a query phase went unanswered: G and its optimiser as they were
+            self._generator_restore(before)
             log(WARNING, "FedZGE round %d skipped: no client answered the query", server_round)
         self.round = server_round
         self._per_client_bytes()
@@ -154,22 +179,27 @@ class FedZGE(PhasedStrategy):
                              records.screen_local_reply)
         self._mean_accuracy(replies, "before")
 
-    def _synthesize(self, server_round: int) -> Synthetic:
-        """Steps 2-3: x = G(z, y) in train mode (graph kept) and x_j = x + ε·u_j."""
+    def _synthesize(self, server_round: int, step: int = 0) -> Synthetic:
+        """Steps 2-3: x = G(z, y) in train mode (graph kept) and x_j = x + ε·u_j.
+
+        G's BatchNorm normalises by the batch (official: G is always in train mode);
+        its running statistics, never used, are left alone.
+        """
         cfg = self.cfg
+        tail = (step,) if step else ()  # step 0 keeps the one-step run's streams
         latents = sample_latents(
             cfg.synthetic_samples, cfg.latent_dim, self.spec.num_classes,
-            derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round),
+            derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round, *tail),
         )
-        self.generator.train()
-        x = self.generator(latents.z.to(self.device), latents.y.to(self.device))  # (N, *img)
-        seed = derive_seed(self.seed, PURPOSE_FEDZGE_QUERY, server_round)
+        with batch_statistics(self.generator):
+            x = self.generator(latents.z.to(self.device), latents.y.to(self.device))  # (N, *img)
+        seed = derive_seed(self.seed, PURPOSE_FEDZGE_QUERY, server_round, *tail)
         u = unit_directions(tuple(x.shape), cfg.num_directions, seed)  # (q, N, *img)
         queries = perturbed_queries(x.detach().float().cpu(), u, cfg.smoothing)
         return Synthetic(x, latents, u, queries, seed)
 
     def _query(
-        self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic
+        self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic, step: int = 0
     ) -> dict[int, tuple[torch.Tensor, int]]:
         """Step 4: black-box logits (1+q, N, C) and example counts of the answering clients."""
         cfg, x = self.cfg, synthetic.x.detach().float().cpu()
@@ -187,14 +217,18 @@ class FedZGE(PhasedStrategy):
             grid, server_round, "query.logits", {n: content for n in nodes},
             lambda c: records.screen_logits_reply(c, shape),
         )
-        sent = max(len(nodes), 1)
-        self.ledger.extra["query-bytes-down-per-client"] = (self.ledger.bytes_down - down) / sent
-        answered = max(len(replies), 1)
-        self.ledger.extra["query-bytes-up-per-client"] = (self.ledger.bytes_up - up) / answered
+        sent, answered = max(len(nodes), 1), max(len(replies), 1)
+        for key, moved in (("query-bytes-down-per-client", (self.ledger.bytes_down - down) / sent),
+                           ("query-bytes-up-per-client", (self.ledger.bytes_up - up) / answered)):
+            self.ledger.extra[key] = moved + (self.ledger.extra.get(key, 0.0) if step else 0.0)
         return {n: records.unpack_logits(c) for n, c in replies.items()}
 
-    def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> None:
-        """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step."""
+    def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> float:
+        """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step.
+
+        The global model answers in eval mode (official ``node/server.py``
+        ``generator_update``). Returns L_G(x).
+        """
         cfg = self.cfg
         batches = torch.cat([synthetic.x.detach().float().cpu().unsqueeze(0), synthetic.queries])
         self.server_model.eval()
@@ -211,22 +245,59 @@ class FedZGE(PhasedStrategy):
             grad_x = zo_image_gradient(per_sample, synthetic.directions, cfg.smoothing)
         else:
             grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
-        self.generator_optimizer = self._generator_optimizer()  # official: fresh every round
+        self.ledger.extra["zo-grad-norm"] = float(grad_x.norm())
+        if cfg.generator_lr == 0:  # frozen-generator ablation: G stays at its initialisation
+            return float(losses[0])
+        if cfg.generator_optimizer == "fresh":  # official: a new Adam every round
+            self.generator_optimizer = self._generator_optimizer()
         generator_step(
             self.generator, self.generator_optimizer, synthetic.x, grad_x.to(self.device),
             synthetic.latents if cfg.exact_diversity else None, cfg.beta_div,
         )
-        self.ledger.extra["generator-loss"] = float(losses[0])
-        self.ledger.extra["zo-grad-norm"] = float(grad_x.norm())
+        return float(losses[0])
 
-    def _server_distill(self, x: torch.Tensor, teacher: torch.Tensor) -> None:
-        """Step 6: E2 full-batch KD steps of the global model, Adam(lr_S) fresh, cosine."""
+    def _server_distill(self, x: torch.Tensor, teacher: torch.Tensor, server_round: int) -> None:
+        """Step 6: E2 full-batch KD steps of the global model, Adam(lr_S) fresh, cosine.
+
+        ``official-eval``: after every step, the official test (BatchNorm statistics of
+        each test batch of B, ``node/server.py`` ``global_model_update``), never
+        touching the running statistics; the best step is ``accuracy-official-style``,
+        the last ``accuracy-batch-stats``. ``global-bn = synthetic``: afterwards the
+        running statistics are re-estimated from fresh synthetic batches.
+        """
+        cfg, scores = self.cfg, []
+
+        def official_test(_: int) -> None:
+            assert self.test is not None
+            scores.append(transductive_accuracy(
+                self.server_model, self.test, cfg.batch_size, self.device))
+
         self.server_optimizer = self._server_optimizer()
         loss = distill(
-            self.server_model, x, teacher.to(self.device), self.cfg.temperature,
-            self.cfg.server_steps, self.cfg.server_lr, self.server_optimizer,
+            self.server_model, x, teacher.to(self.device), cfg.temperature,
+            cfg.server_steps, cfg.server_lr, self.server_optimizer,
+            after_step=official_test if self.test is not None else None,
         )
         self.ledger.extra["server-kd-loss"] = loss
+        if scores:
+            self.ledger.extra["accuracy-official-style"] = max(scores)
+            self.ledger.extra["accuracy-batch-stats"] = scores[-1]
+        if cfg.global_bn == "synthetic":
+            self._reestimate_global_bn(server_round)
+
+    @torch.no_grad()
+    def _reestimate_global_bn(self, server_round: int) -> None:
+        """The global model's BatchNorm statistics from :data:`BN_BATCHES` fresh batches of G."""
+        cfg = self.cfg
+        images = []
+        for i in range(BN_BATCHES):
+            latents = sample_latents(
+                cfg.synthetic_samples, cfg.latent_dim, self.spec.num_classes,
+                derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round, 1000 + i),
+            )
+            with batch_statistics(self.generator):
+                images.append(self.generator(latents.z.to(self.device), latents.y.to(self.device)))
+        reestimate_running_stats(self.server_model, images)
 
     def _client_distill(
         self, grid: Grid, server_round: int, nodes: list[int], teacher: torch.Tensor
@@ -258,6 +329,15 @@ class FedZGE(PhasedStrategy):
         sampled = max(self.ledger.sampled, 1)
         self.ledger.extra["bytes-down-per-client"] = self.ledger.bytes_down / sampled
         self.ledger.extra["bytes-up-per-client"] = self.ledger.bytes_up / sampled
+
+    def _generator_snapshot(self) -> dict[str, Any]:
+        return {"generator": {k: v.clone() for k, v in self.generator.state_dict().items()},
+                "optimizer": copy.deepcopy(self.generator_optimizer.state_dict())}
+
+    def _generator_restore(self, snapshot: dict[str, Any]) -> None:
+        self.generator.load_state_dict(snapshot["generator"])
+        self.generator_optimizer = self._generator_optimizer()
+        self.generator_optimizer.load_state_dict(snapshot["optimizer"])
 
     def _generator_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.generator.parameters(), lr=self.cfg.generator_lr)
@@ -296,4 +376,7 @@ class FedZGE(PhasedStrategy):
             c.generator_lr)
         log(INFO, "\t├── directions: %s transport; info term: %s; exact diversity: %s",
             c.direction_transport, c.info_term, c.exact_diversity)
+        log(INFO, "\t├── generator: %d step(s)/round, %s Adam, %s estimator; BN: answers %s, "
+            "client KD %s, global %s", c.generator_steps, c.generator_optimizer, c.estimator,
+            c.answer_bn, c.client_kd_bn, c.global_bn)
         super().summary()

@@ -77,7 +77,7 @@ def query_logits(msg: Message, context: Context) -> Message:
     logits = query_answer(
         model, x, perturbed, int(config[records.NUM_DIRECTIONS]),  # type: ignore[arg-type]
         int(config.get(records.QUERY_SEED, 0)), float(config[records.SMOOTHING]),  # type: ignore[arg-type]
-        node.device,
+        node.device, cfg.fedzge.answer_bn,
     )
     if cfg.client.faulty(node.partition_id):
         logits = inject(cfg.client.fault, {records.LOGITS: logits})[records.LOGITS]
@@ -100,6 +100,7 @@ def train_distill(msg: Message, context: Context) -> Message:
     loss = distill_private(
         model, kept[records.X], soft, float(config[records.TEMPERATURE]),  # type: ignore[arg-type]
         int(config[records.STEPS]), cfg.fedzge.client_lr, node.device,  # type: ignore[arg-type]
+        cfg.fedzge.client_kd_bn,
     )
     records.save_state(context.state, records.FEDZGE_MODEL, model.state_dict())
     metrics = {
