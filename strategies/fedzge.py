@@ -74,6 +74,7 @@ from fedapp.task.fedzge import (
     ensemble_logits,
     generator_losses,
     generator_step,
+    loss_terms,
     perturbed_queries,
     sample_latents,
     zo_image_gradient,
@@ -246,6 +247,8 @@ class FedZGE(PhasedStrategy):
         else:
             grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
         self.ledger.extra["zo-grad-norm"] = float(grad_x.norm())
+        self.ledger.extra.update(
+            loss_terms(ensemble[0], server[0], synthetic.latents, self.weights, batches[0]))
         if cfg.generator_lr == 0:  # frozen-generator ablation: G stays at its initialisation
             return float(losses[0])
         if cfg.generator_optimizer == "fresh":  # official: a new Adam every round

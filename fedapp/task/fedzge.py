@@ -272,6 +272,27 @@ def generator_losses(
     return separable.mean(dim=1) + batch  # (1+q,)
 
 
+@torch.no_grad()
+def loss_terms(
+    ensemble: Tensor, server: Tensor, latents: Latents, weights: GeneratorLossWeights,
+    x: Tensor | None = None,
+) -> dict[str, float]:
+    """The four terms of L_G at one batch, unweighted, for the logs: (N, C), (N, C) -> floats.
+
+    The diversity term needs the images ``x`` (N, *x); without them it is left out.
+    """
+    ens = ensemble.double()
+    marginal = class_marginal(ens)  # (C,)
+    terms = {
+        "generator-fidelity": float(fidelity_loss(ens, latents.y)),
+        "generator-adversarial": float(adversarial_loss(ens, server.double(), weights.temperature)),
+        "generator-info": float(info_loss(marginal, marginal)),
+    }
+    if x is not None:
+        terms["generator-diversity"] = float(diversity_loss(x.double(), latents.z.double()))
+    return terms
+
+
 def zo_image_gradient(losses: Tensor, directions: Tensor, eps: float) -> Tensor:
     """ĝ_x from L_G at x (losses[0]) and at x_j (losses[1:]): (N, *x), SPEC §3.3.
 
