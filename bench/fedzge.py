@@ -85,6 +85,8 @@ CLIENT_ZOOS = {
 
 #: The official code's choices where fedzg offers others (answers: batch statistics).
 OFFICIAL = {
+    "fedzge.generator-lr": 0.001,
+    "fedzge.beta-adv": 1.0,
     "fedzge.generator-steps": 1,
     "fedzge.generator-optimizer": "fresh",
     "fedzge.estimator": "batch",
@@ -219,7 +221,7 @@ def local_only_cell(cfg_flat: dict[str, Any], args: argparse.Namespace) -> dict[
 def run_cell(cell: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """One cell in a worker process: its result, also written to its own JSON file."""
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg = base_config(args, cell["dataset"], cell["alpha"], cell["seed"])
     with tempfile.TemporaryDirectory() as tmp:
         cfg |= {"output-dir": tmp, "run-name": cell["method"]}
@@ -232,7 +234,8 @@ def run_cell(cell: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 result = fedzge_cell(cfg, args, cell["method"])
         except Exception:  # a failed cell is recorded, the rest of the matrix goes on
             result = {"error": traceback.format_exc()}
-    out = {**cell, **result, "seconds": time.perf_counter() - t0}
+    out = {**cell, **result, "seconds": time.perf_counter() - t0,
+           "cpu-seconds": time.process_time() - c0}
     atomic_write_json(cell_path(args.out, cell), out)
     return out
 
@@ -380,7 +383,8 @@ def report(results: dict[str, Any]) -> None:
             kd = mean_std([g.get("kd-real") for g in got]) if method == "local-only" else ""
             kib = lambda k: (f"{statistics.fmean(g[k] for g in got) / 1024:.1f}"  # noqa: E731
                              if k in got[0] else "")
-            secs = f"{statistics.fmean(g['round-s'] for g in got):.2f}" if "round-s" in got[0] else ""
+            secs = (f"{statistics.fmean(g['round-s'] for g in got):.2f}"
+                    if "round-s" in got[0] else "")
             print(f"{method + f' ({len(got)})':<26s}" + "".join(f"{c:>21s}" for c in cols)
                   + f"{kd:>17s}{kib('bytes-down-per-client-round'):>10s}"
                   f"{kib('bytes-up-per-client-round'):>9s}{secs:>9s}")
@@ -403,7 +407,8 @@ def transport(results: dict[str, Any]) -> None:
             continue
         rounds = len(c["curve"]) - 1
         same = seed_run["curve"][rounds] == c["global-clean"]
-        ratio = c["query-bytes-down-per-client-round"] / seed_run["query-bytes-down-per-client-round"]
+        key = "query-bytes-down-per-client-round"
+        ratio = c[key] / seed_run[key]
         print(f"  {dataset}, alpha {alpha}, seed {seed}: tensor transport at round {rounds} "
               f"{'EQUALS' if same else 'DIFFERS FROM'} seed transport; query downlink x{ratio:.2f}")
 

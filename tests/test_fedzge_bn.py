@@ -158,6 +158,7 @@ def small(run_config: dict) -> dict:
         "fedzge.batch-size": 64,
         "fedzge.server-steps": 3,
         "fedzge.distill-steps": 2,
+        "fedzge.generator-steps": 1,
     }
 
 

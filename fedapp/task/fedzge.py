@@ -253,7 +253,9 @@ def generator_losses(
     drops β2·L_div (Z4: it is then differentiated exactly instead).
 
     ``per_sample``: the fidelity and adversarial terms are means over samples whose
-    logits depend on their own image only (eval mode), so sample i's share
+    logits depend on their own image only (exactly so for eval-mode answers and BN-free
+    clients; with batch-statistics answers, up to the weak coupling of the samples
+    through the batch's mean and variance), so sample i's share
     (ℓ_fid,i + β1·ℓ_adv,i)/N is returned apart, plus the batch-level terms; row sums
     are not L_G, but differences per sample give each sample its own ZO coefficient.
     """
