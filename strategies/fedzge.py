@@ -228,36 +228,37 @@ class FedZGE(PhasedStrategy):
         """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step.
 
         The global model answers in eval mode (official ``node/server.py``
-        ``generator_update``). Returns L_G(x).
+        ``generator_update``). Returns L_G(x), all four terms.
         """
-        cfg = self.cfg
-        batches = torch.cat([synthetic.x.detach().float().cpu().unsqueeze(0), synthetic.queries])
+        cfg, device = self.cfg, self.device
+        # every tensor of the estimate on the server's device: x and its copies (1+q, N, *img)
+        batches = torch.cat([synthetic.x.detach().float().unsqueeze(0),
+                             synthetic.queries.to(device)])
+        latents = Latents(synthetic.latents.z.to(device), synthetic.latents.y.to(device))
+        ensemble = ensemble.to(device)
         self.server_model.eval()
         with torch.no_grad():
-            server = torch.stack(
-                [self.server_model(b.to(self.device)).float().cpu() for b in batches]
-            )  # (1+q, N, C)
-        args = (ensemble, server, batches, synthetic.latents, self.weights, cfg.info_term)
-        losses = generator_losses(*args, with_diversity=not cfg.exact_diversity)  # (1+q,)
-        if cfg.estimator == "per-sample":
-            per_sample = generator_losses(
-                *args, with_diversity=not cfg.exact_diversity, per_sample=True
-            )  # (1+q, N)
-            grad_x = zo_image_gradient(per_sample, synthetic.directions, cfg.smoothing)
-        else:
-            grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
+            server = torch.stack([self.server_model(b).float() for b in batches])  # (1+q, N, C)
+        losses = generator_losses(
+            ensemble, server, batches, latents, self.weights, cfg.info_term,
+            with_diversity=not cfg.exact_diversity, per_sample=cfg.estimator == "per-sample",
+        )  # (1+q,) or, per sample, (1+q, N)
+        grad_x = zo_image_gradient(losses, synthetic.directions.to(device), cfg.smoothing)
+        terms = loss_terms(ensemble[0], server[0], latents, self.weights, batches[0])
+        self.ledger.extra.update(terms)
         self.ledger.extra["zo-grad-norm"] = float(grad_x.norm())
-        self.ledger.extra.update(
-            loss_terms(ensemble[0], server[0], synthetic.latents, self.weights, batches[0]))
+        w = self.weights
+        loss_x = (terms["generator-fidelity"] + w.adversarial * terms["generator-adversarial"]
+                  + w.diversity * terms["generator-diversity"] + w.info * terms["generator-info"])
         if cfg.generator_lr == 0:  # frozen-generator ablation: G stays at its initialisation
-            return float(losses[0])
+            return loss_x
         if cfg.generator_optimizer == "fresh":  # official: a new Adam every round
             self.generator_optimizer = self._generator_optimizer()
         generator_step(
-            self.generator, self.generator_optimizer, synthetic.x, grad_x.to(self.device),
-            synthetic.latents if cfg.exact_diversity else None, cfg.beta_div,
+            self.generator, self.generator_optimizer, synthetic.x, grad_x,
+            latents if cfg.exact_diversity else None, cfg.beta_div,
         )
-        return float(losses[0])
+        return loss_x
 
     def _server_distill(self, x: torch.Tensor, teacher: torch.Tensor, server_round: int) -> None:
         """Step 6: E2 full-batch KD steps of the global model, Adam(lr_S) fresh, cosine.
