@@ -16,7 +16,7 @@ from torch import Tensor
 from clients.base import FitPlan, FitStats, Trainer
 from fedapp.task.data import Arrays
 from fedapp.task.evaluate import evaluate
-from fedapp.task.fedzge import answer_queries, distill, seeded_queries
+from fedapp.task.fedzge import AnswerBN, DistillBN, answer_queries, distill, seeded_queries
 from fedapp.task.models import SplitModel
 
 #: Reported for an accuracy that was not measured (``fedzge.client-eval``, empty split).
@@ -46,15 +46,17 @@ def query_answer(
     seed: int,
     eps: float,
     device: torch.device,
+    bn: AnswerBN = "batch",
 ) -> Tensor:
     """Logits (1+q, N, C) of x and its q perturbed copies, as float32 on the CPU.
 
     ``perturbed`` (q, N, *x) when the server sent the batches (``tensor``), else the
     copies are rebuilt from ``seed`` (``seed`` transport, decision Z3, docs/strategies/fedzge.md).
+    ``bn``: ``fedzge.answer-bn`` (see :func:`fedapp.task.fedzge.answer_queries`).
     """
     queries = perturbed if perturbed is not None else seeded_queries(x, num_directions, seed, eps)
     model.to(device)
-    return answer_queries(model, x.to(device), queries.to(device)).float().cpu()
+    return answer_queries(model, x.to(device), queries.to(device), bn).float().cpu()
 
 
 def distill_private(
@@ -65,13 +67,16 @@ def distill_private(
     steps: int,
     lr: float,
     device: torch.device,
+    bn: DistillBN = "update",
 ) -> float:
     """E3 full-batch KD steps on (x, ℓ̄(x)) with a fresh Adam(lr_k).
 
-    Step 7 of docs/strategies/fedzge.md (Round structure and wire).
+    Step 7 of docs/strategies/fedzge.md (Round structure and wire). ``bn``:
+    ``fedzge.client-kd-bn``; ``keep`` leaves the BatchNorm running statistics of the
+    client's real data untouched by the synthetic batch.
     """
     model.to(device)
-    return distill(model, x.to(device), soft_labels.to(device), temperature, steps, lr)
+    return distill(model, x.to(device), soft_labels.to(device), temperature, steps, lr, bn=bn)
 
 
 def accuracy(model: SplitModel, data: Arrays | None, batch_size: int, device: torch.device) -> float:

@@ -21,6 +21,7 @@ ModelName = Literal[
     "fedgen-cnn", "cnn", "mlp", "resnet18", "resnet34", "resnet50", "resnet18-imagenet",
     "resnet18-cifar-cut",
     "vtc-cnn-0.5", "vtc-cnn-1", "vtc-cnn-1.5", "vtc-cnn-2",
+    "fedgen-cnn-gn", "resnet18-gn",  # GroupNorm variants (BN-free FedZGE global models)
 ]
 OptimizerName = Literal["sgd", "adam"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -143,7 +144,9 @@ class FedZGEConfig(Section):
     beta_adv: float = Field(ge=0)  # β1
     beta_div: float = Field(ge=0)  # β2
     beta_info: float = Field(ge=0)  # β3
-    generator_lr: float = Field(gt=0)  # lr_G, one Adam step per round
+    generator_lr: float = Field(ge=0)  # lr_G; 0 freezes the generator (ablation)
+    generator_steps: int = Field(ge=1)  # ZO generator steps per round, each a query phase
+    generator_optimizer: Literal["fresh", "persistent"]  # Adam recreated every round (official)
     server_lr: float = Field(gt=0)  # lr_S
     server_steps: int = Field(ge=0)  # E2 full-batch KD steps
     client_lr: float = Field(gt=0)  # lr_k (local training and local KD)
@@ -156,6 +159,10 @@ class FedZGEConfig(Section):
     estimator: Literal["batch", "per-sample"]  # one loss difference per batch (official) or sample
     select: Literal["final", "best_on_val"]  # decision Z5: never a test-selected round
     client_eval: Literal["every", "final", "none"]  # rounds in which clients report accuracy
+    answer_bn: Literal["batch", "running"]  # client answers: query-batch BN statistics (official)
+    client_kd_bn: Literal["update", "keep"]  # local KD moves BN running statistics (official)
+    global_bn: Literal["kd", "synthetic"]  # global BN statistics: left by KD, or re-estimated
+    official_eval: bool  # also log the official-style test accuracy (a labelled diagnostic)
 
 
 class FedVTCConfig(Section):

@@ -14,8 +14,14 @@ Client weights never leave a node, and nodes may run different architectures
    from which clients rebuild the unit directions u_j; ``tensor`` sends all 1+q batches
    (official).
 4. generator: L_G at x and every x_j from the data-size-weighted ensemble ℓ̄, the ZO
-   estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step.
-5. server KD: E2 full-batch steps of the global model towards ℓ̄(x), temperature T.
+   estimate ĝ_x, x.backward(ĝ_x) through G and one Adam(lr_G) step (none with
+   lr_G = 0, the frozen-generator ablation). Steps 2-4 run ``generator-steps`` times
+   (official: once), each with fresh latents and directions.
+5. server KD: E2 full-batch steps of the global model towards ℓ̄(x) of the last
+   queried batch, temperature T. With ``official-eval`` the global model is also
+   tested after every step the official way (BatchNorm statistics of each test
+   batch) and the best step logged as ``accuracy-official-style``: a labelled
+   diagnostic, never the headline ``accuracy`` nor a selection criterion.
 6. ``train.distill``: clients take E3 KD steps towards ℓ̄(x) on the x they kept.
 
 Client contract
@@ -42,6 +48,7 @@ as they were and the round is logged as skipped.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
@@ -52,7 +59,12 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedapp.config import AppConfig, FedZGEConfig
-from fedapp.task.data import load_server_test
+from fedapp.task.batchnorm import (
+    batch_statistics,
+    reestimate_running_stats,
+    transductive_accuracy,
+)
+from fedapp.task.data import Arrays, load_server_test
 from fedapp.task.evaluate import resolve_device
 from fedapp.task.fedzge import (
     GeneratorLossWeights,
@@ -62,6 +74,7 @@ from fedapp.task.fedzge import (
     ensemble_logits,
     generator_losses,
     generator_step,
+    loss_terms,
     perturbed_queries,
     sample_latents,
     zo_image_gradient,
@@ -79,6 +92,10 @@ from fedapp.wire import fedzge as wire
 from fedapp.wire.common import config_message, pack_arrays
 from strategies.card import StrategyCard
 from strategies.phased import PhasedStrategy
+
+#: ``global-bn = synthetic``: fresh synthetic batches of N the global model's BatchNorm
+#: statistics are re-estimated from after the server KD.
+BN_BATCHES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +115,11 @@ class FedZGE(PhasedStrategy):
     def __init__(
         self, cfg: FedZGEConfig, spec: ImageSpec, server_model: SplitModel, seed: int,
         fraction_train: float, min_available_nodes: int, device: torch.device,
+        test: Arrays | None = None,
     ) -> None:
         super().__init__(fraction_train=fraction_train, min_available_nodes=min_available_nodes)
         self.cfg, self.spec, self.seed, self.device = cfg, spec, seed, device
+        self.test = test  # only for the labelled official-style diagnostic
         self.server_model = server_model.to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, PURPOSE_FEDZGE_GENERATOR))
@@ -117,11 +136,12 @@ class FedZGE(PhasedStrategy):
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> FedZGE:
-        _, spec = load_server_test(cfg.data, cfg.seed)
+        test, spec = load_server_test(cfg.data, cfg.seed)
         model = build_model(cfg.model.name, spec, seed=derive_seed(cfg.seed, PURPOSE_INIT))
         return cls(
             cfg.fedzge, spec, model, cfg.seed, cfg.server.fraction_train,
             cfg.server.min_available_nodes, resolve_device(cfg.client.device),
+            test if cfg.fedzge.official_eval else None,
         )
 
     # -- the round --------------------------------------------------------------------------
@@ -131,21 +151,27 @@ class FedZGE(PhasedStrategy):
         nodes = self._sample(grid)
         self.ledger.sampled = len(nodes)
         self._local_update(grid, server_round, nodes)
-        generator_before = {k: v.clone() for k, v in self.generator.state_dict().items()}
-        synthetic = self._synthesize(server_round)
-        answers = self._query(grid, server_round, nodes, synthetic)
-        self.ledger.clients = len(answers)
-        self.ledger.extra["skipped"] = float(not answers)
-        if answers:
+        before = self._generator_snapshot()
+        losses: list[float] = []
+        answers: dict[int, wire.LogitsUp] = {}
+        for step in range(self.cfg.generator_steps):
+            synthetic = self._synthesize(server_round, step)
+            answers = self._query(grid, server_round, nodes, synthetic, step)
+            if not answers:
+                break
             ensemble = ensemble_logits(  # (1+q, N, C)
                 [a.logits for a in answers.values()], [a.num_examples for a in answers.values()]
             )
-            self._generator_step(synthetic, ensemble)
-            self._server_distill(synthetic.x.detach(), ensemble[0])
+            losses.append(self._generator_step(synthetic, ensemble))
+        self.ledger.clients = len(answers)
+        self.ledger.extra["skipped"] = float(not answers)
+        if answers:
+            self.ledger.extra["generator-loss"] = sum(losses) / len(losses)
+            self._server_distill(synthetic.x.detach(), ensemble[0], server_round)
             self._client_distill(grid, server_round, sorted(answers), ensemble[0])
             arrays = pack_arrays(self.server_model.state_dict())
-        else:  # the synthesis forward moved G's BN statistics: put them back
-            self.generator.load_state_dict(generator_before)
+        else:  # a query phase went unanswered: G and its optimiser as they were
+            self._generator_restore(before)
             log(WARNING, "FedZGE round %d skipped: no client answered the query", server_round)
         self.round = server_round
         self._per_client_bytes()
@@ -158,22 +184,27 @@ class FedZGE(PhasedStrategy):
                              wire.screen_local_reply)
         self._mean_accuracy(replies, "before")
 
-    def _synthesize(self, server_round: int) -> Synthetic:
-        """Steps 2-3: x = G(z, y) in train mode (graph kept) and x_j = x + ε·u_j."""
+    def _synthesize(self, server_round: int, step: int = 0) -> Synthetic:
+        """Steps 2-3: x = G(z, y) in train mode (graph kept) and x_j = x + ε·u_j.
+
+        G's BatchNorm normalises by the batch (official: G is always in train mode);
+        its running statistics, never used, are left alone.
+        """
         cfg = self.cfg
+        tail = (step,) if step else ()  # step 0 keeps the one-step run's streams
         latents = sample_latents(
             cfg.synthetic_samples, cfg.latent_dim, self.spec.num_classes,
-            derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round),
+            derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round, *tail),
         )
-        self.generator.train()
-        x = self.generator(latents.z.to(self.device), latents.y.to(self.device))  # (N, *img)
-        seed = derive_seed(self.seed, PURPOSE_FEDZGE_QUERY, server_round)
+        with batch_statistics(self.generator):
+            x = self.generator(latents.z.to(self.device), latents.y.to(self.device))  # (N, *img)
+        seed = derive_seed(self.seed, PURPOSE_FEDZGE_QUERY, server_round, *tail)
         u = unit_directions(tuple(x.shape), cfg.num_directions, seed)  # (q, N, *img)
         queries = perturbed_queries(x.detach().float().cpu(), u, cfg.smoothing)
         return Synthetic(x, latents, u, queries, seed)
 
     def _query(
-        self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic
+        self, grid: Grid, server_round: int, nodes: list[int], synthetic: Synthetic, step: int = 0
     ) -> dict[int, wire.LogitsUp]:
         """Step 4: black-box logits (1+q, N, C) and example counts of the answering clients."""
         cfg, x = self.cfg, synthetic.x.detach().float().cpu()
@@ -189,46 +220,90 @@ class FedZGE(PhasedStrategy):
             grid, server_round, wire.QUERY_LOGITS, {n: content for n in nodes},
             lambda c: wire.screen_logits_reply(c, shape),
         )
-        sent = max(len(nodes), 1)
-        self.ledger.extra["query-bytes-down-per-client"] = (self.ledger.bytes_down - down) / sent
-        answered = max(len(replies), 1)
-        self.ledger.extra["query-bytes-up-per-client"] = (self.ledger.bytes_up - up) / answered
+        sent, answered = max(len(nodes), 1), max(len(replies), 1)
+        for key, moved in (("query-bytes-down-per-client", (self.ledger.bytes_down - down) / sent),
+                           ("query-bytes-up-per-client", (self.ledger.bytes_up - up) / answered)):
+            self.ledger.extra[key] = moved + (self.ledger.extra.get(key, 0.0) if step else 0.0)
         return {n: wire.decode_logits(c) for n, c in replies.items()}
 
-    def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> None:
-        """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step."""
-        cfg = self.cfg
-        batches = torch.cat([synthetic.x.detach().float().cpu().unsqueeze(0), synthetic.queries])
+    def _generator_step(self, synthetic: Synthetic, ensemble: torch.Tensor) -> float:
+        """Step 5: L_G from logits, ĝ_x by forward differences, VJP through G, one Adam step.
+
+        The global model answers in eval mode (official ``node/server.py``
+        ``generator_update``). Returns L_G(x), all four terms.
+        """
+        cfg, device = self.cfg, self.device
+        # every tensor of the estimate on the server's device: x and its copies (1+q, N, *img)
+        batches = torch.cat([synthetic.x.detach().float().unsqueeze(0),
+                             synthetic.queries.to(device)])
+        latents = Latents(synthetic.latents.z.to(device), synthetic.latents.y.to(device))
+        ensemble = ensemble.to(device)
         self.server_model.eval()
         with torch.no_grad():
-            server = torch.stack(
-                [self.server_model(b.to(self.device)).float().cpu() for b in batches]
-            )  # (1+q, N, C)
-        args = (ensemble, server, batches, synthetic.latents, self.weights, cfg.info_term)
-        losses = generator_losses(*args, with_diversity=not cfg.exact_diversity)  # (1+q,)
-        if cfg.estimator == "per-sample":
-            per_sample = generator_losses(
-                *args, with_diversity=not cfg.exact_diversity, per_sample=True
-            )  # (1+q, N)
-            grad_x = zo_image_gradient(per_sample, synthetic.directions, cfg.smoothing)
-        else:
-            grad_x = zo_image_gradient(losses, synthetic.directions, cfg.smoothing)  # (N, *img)
-        self.generator_optimizer = self._generator_optimizer()  # official: fresh every round
-        generator_step(
-            self.generator, self.generator_optimizer, synthetic.x, grad_x.to(self.device),
-            synthetic.latents if cfg.exact_diversity else None, cfg.beta_div,
-        )
-        self.ledger.extra["generator-loss"] = float(losses[0])
+            server = torch.stack([self.server_model(b).float() for b in batches])  # (1+q, N, C)
+        losses = generator_losses(
+            ensemble, server, batches, latents, self.weights, cfg.info_term,
+            with_diversity=not cfg.exact_diversity, per_sample=cfg.estimator == "per-sample",
+        )  # (1+q,) or, per sample, (1+q, N)
+        grad_x = zo_image_gradient(losses, synthetic.directions.to(device), cfg.smoothing)
+        terms = loss_terms(ensemble[0], server[0], latents, self.weights, batches[0])
+        self.ledger.extra.update(terms)
         self.ledger.extra["zo-grad-norm"] = float(grad_x.norm())
+        w = self.weights
+        loss_x = (terms["generator-fidelity"] + w.adversarial * terms["generator-adversarial"]
+                  + w.diversity * terms["generator-diversity"] + w.info * terms["generator-info"])
+        if cfg.generator_lr == 0:  # frozen-generator ablation: G stays at its initialisation
+            return loss_x
+        if cfg.generator_optimizer == "fresh":  # official: a new Adam every round
+            self.generator_optimizer = self._generator_optimizer()
+        generator_step(
+            self.generator, self.generator_optimizer, synthetic.x, grad_x,
+            latents if cfg.exact_diversity else None, cfg.beta_div,
+        )
+        return loss_x
 
-    def _server_distill(self, x: torch.Tensor, teacher: torch.Tensor) -> None:
-        """Step 6: E2 full-batch KD steps of the global model, Adam(lr_S) fresh, cosine."""
+    def _server_distill(self, x: torch.Tensor, teacher: torch.Tensor, server_round: int) -> None:
+        """Step 6: E2 full-batch KD steps of the global model, Adam(lr_S) fresh, cosine.
+
+        ``official-eval``: after every step, the official test (BatchNorm statistics of
+        each test batch of B, ``node/server.py`` ``global_model_update``), never
+        touching the running statistics; the best step is ``accuracy-official-style``,
+        the last ``accuracy-batch-stats``. ``global-bn = synthetic``: afterwards the
+        running statistics are re-estimated from fresh synthetic batches.
+        """
+        cfg, scores = self.cfg, []
+
+        def official_test(_: int) -> None:
+            assert self.test is not None
+            scores.append(transductive_accuracy(
+                self.server_model, self.test, cfg.batch_size, self.device))
+
         self.server_optimizer = self._server_optimizer()
         loss = distill(
-            self.server_model, x, teacher.to(self.device), self.cfg.temperature,
-            self.cfg.server_steps, self.cfg.server_lr, self.server_optimizer,
+            self.server_model, x, teacher.to(self.device), cfg.temperature,
+            cfg.server_steps, cfg.server_lr, self.server_optimizer,
+            after_step=official_test if self.test is not None else None,
         )
         self.ledger.extra["server-kd-loss"] = loss
+        if scores:
+            self.ledger.extra["accuracy-official-style"] = max(scores)
+            self.ledger.extra["accuracy-batch-stats"] = scores[-1]
+        if cfg.global_bn == "synthetic":
+            self._reestimate_global_bn(server_round)
+
+    @torch.no_grad()
+    def _reestimate_global_bn(self, server_round: int) -> None:
+        """The global model's BatchNorm statistics from :data:`BN_BATCHES` fresh batches of G."""
+        cfg = self.cfg
+        images = []
+        for i in range(BN_BATCHES):
+            latents = sample_latents(
+                cfg.synthetic_samples, cfg.latent_dim, self.spec.num_classes,
+                derive_seed(self.seed, PURPOSE_FEDZGE_SYNTH, server_round, 1000 + i),
+            )
+            with batch_statistics(self.generator):
+                images.append(self.generator(latents.z.to(self.device), latents.y.to(self.device)))
+        reestimate_running_stats(self.server_model, images)
 
     def _client_distill(
         self, grid: Grid, server_round: int, nodes: list[int], teacher: torch.Tensor
@@ -259,6 +334,15 @@ class FedZGE(PhasedStrategy):
         sampled = max(self.ledger.sampled, 1)
         self.ledger.extra["bytes-down-per-client"] = self.ledger.bytes_down / sampled
         self.ledger.extra["bytes-up-per-client"] = self.ledger.bytes_up / sampled
+
+    def _generator_snapshot(self) -> dict[str, Any]:
+        return {"generator": {k: v.clone() for k, v in self.generator.state_dict().items()},
+                "optimizer": copy.deepcopy(self.generator_optimizer.state_dict())}
+
+    def _generator_restore(self, snapshot: dict[str, Any]) -> None:
+        self.generator.load_state_dict(snapshot["generator"])
+        self.generator_optimizer = self._generator_optimizer()
+        self.generator_optimizer.load_state_dict(snapshot["optimizer"])
 
     def _generator_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.generator.parameters(), lr=self.cfg.generator_lr)
@@ -297,6 +381,9 @@ class FedZGE(PhasedStrategy):
             c.generator_lr)
         log(INFO, "\t├── directions: %s transport; info term: %s; exact diversity: %s",
             c.direction_transport, c.info_term, c.exact_diversity)
+        log(INFO, "\t├── generator: %d step(s)/round, %s Adam, %s estimator; BN: answers %s, "
+            "client KD %s, global %s", c.generator_steps, c.generator_optimizer, c.estimator,
+            c.answer_bn, c.client_kd_bn, c.global_bn)
         super().summary()
 
 

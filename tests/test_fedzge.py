@@ -44,6 +44,7 @@ def small(run_config: dict) -> dict:
         "fedzge.batch-size": 64,
         "fedzge.server-steps": 3,
         "fedzge.distill-steps": 3,
+        "fedzge.generator-steps": 1,  # one query phase per round (the default is 5)
     }
 
 

@@ -70,7 +70,8 @@ def query_logits(msg: Message, context: Context) -> Message:
     model = _private_model(cfg, node, context, data)
     down = wire.decode_query(msg.content)
     logits = query_answer(model, down.x, down.perturbed, down.num_directions,
-                          down.seed if down.seed is not None else 0, down.smoothing, node.device)
+                          down.seed if down.seed is not None else 0, down.smoothing, node.device,
+                          cfg.fedzge.answer_bn)
     kept = {wire.X: down.x, wire.INPUT_ROUND: torch.tensor([down.server_round])}
     save_state(context.state, wire.FEDZGE_INPUTS, kept)
     return Message(wire.encode_logits(wire.LogitsUp(logits, len(data.train))), reply_to=msg)
@@ -87,7 +88,7 @@ def train_distill(msg: Message, context: Context) -> Message:
             f"train.distill for round {down.server_round} without that round's query"
         )
     loss = distill_private(model, kept[wire.X], down.soft_labels, down.temperature, down.steps,
-                           cfg.fedzge.client_lr, node.device)
+                           cfg.fedzge.client_lr, node.device, cfg.fedzge.client_kd_bn)
     save_state(context.state, wire.FEDZGE_MODEL, model.state_dict())
     up = wire.DistillUp(len(data.train), loss,
                         _private_accuracy(cfg, node, data, model, down.server_round))

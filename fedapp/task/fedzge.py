@@ -17,7 +17,7 @@ Everything here is plain torch (no Flower), shared by the strategy and the clien
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,11 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedapp.task.batchnorm import batch_statistics
 from fedapp.task.models import ImageSpec
 from fedapp.task.zo import input_gradient_estimate, unit_directions
 
 InfoTerm = Literal["own", "official"]
 ImageRange = Literal["tanh", "unit"]
+AnswerBN = Literal["batch", "running"]
+DistillBN = Literal["update", "keep"]
 
 
 class ImageGenerator(nn.Module):
@@ -121,15 +124,27 @@ def seeded_queries(x: Tensor, num_directions: int, seed: int, eps: float) -> Ten
 
 @torch.no_grad()
 def answer_queries(
-    model: nn.Module, x: Tensor, queries: Tensor, batch_size: int = 500
+    model: nn.Module, x: Tensor, queries: Tensor, bn: AnswerBN = "batch", batch_size: int = 500
 ) -> Tensor:
-    """A client's black-box answer: logits of x and of every x_j, in eval mode.
+    """A client's black-box answer: logits of x and of every x_j, under no grad.
 
     x (N, *x), queries (q, N, *x) -> (1 + q, N, C); row 0 is x itself.
+
+    ``bn = "batch"`` (official, docs/strategies/fedzge.md (Generator loss and ZO estimator)): every one of the 1+q batches is answered in
+    one forward pass whose BatchNorm layers normalise by that batch's own statistics,
+    as ``compute_logits`` of the official ``node/client.py`` does on a model left in
+    train mode; the running statistics are left untouched
+    (:func:`fedapp.task.batchnorm.batch_statistics`). ``"running"``: eval mode, the
+    running statistics learnt on the client's real data, in chunks of ``batch_size``.
+    Models without BatchNorm give the same answer either way.
     """
+    batches = torch.cat([x.unsqueeze(0), queries])  # (1+q, N, *x)
+    if bn == "batch":
+        with batch_statistics(model):
+            return torch.stack([model(b) for b in batches])  # (1+q, N, C)
     model.eval()
-    batches = torch.cat([x.unsqueeze(0), queries]).flatten(0, 1)  # ((1+q)·N, *x)
-    out = torch.cat([model(b) for b in batches.split(batch_size)])  # ((1+q)·N, C)
+    flat = batches.flatten(0, 1)  # ((1+q)·N, *x)
+    out = torch.cat([model(b) for b in flat.split(batch_size)])  # ((1+q)·N, C)
     return out.view(1 + queries.shape[0], x.shape[0], -1)
 
 
@@ -244,7 +259,9 @@ def generator_losses(
     instead).
 
     ``per_sample``: the fidelity and adversarial terms are means over samples whose
-    logits depend on their own image only (eval mode), so sample i's share
+    logits depend on their own image only (exactly so for eval-mode answers and BN-free
+    clients; with batch-statistics answers, up to the weak coupling of the samples
+    through the batch's mean and variance), so sample i's share
     (ℓ_fid,i + β1·ℓ_adv,i)/N is returned apart, plus the batch-level terms; row sums
     are not L_G, but differences per sample give each sample its own ZO coefficient.
     """
@@ -261,6 +278,27 @@ def generator_losses(
     if per_sample:
         return separable / separable.shape[1] + batch.unsqueeze(1)  # (1+q, N)
     return separable.mean(dim=1) + batch  # (1+q,)
+
+
+@torch.no_grad()
+def loss_terms(
+    ensemble: Tensor, server: Tensor, latents: Latents, weights: GeneratorLossWeights,
+    x: Tensor | None = None,
+) -> dict[str, float]:
+    """The four terms of L_G at one batch, unweighted, for the logs: (N, C), (N, C) -> floats.
+
+    The diversity term needs the images ``x`` (N, *x); without them it is left out.
+    """
+    ens = ensemble.double()
+    marginal = class_marginal(ens)  # (C,)
+    terms = {
+        "generator-fidelity": float(fidelity_loss(ens, latents.y)),
+        "generator-adversarial": float(adversarial_loss(ens, server.double(), weights.temperature)),
+        "generator-info": float(info_loss(marginal, marginal)),
+    }
+    if x is not None:
+        terms["generator-diversity"] = float(diversity_loss(x.double(), latents.z.double()))
+    return terms
 
 
 def zo_image_gradient(losses: Tensor, directions: Tensor, eps: float) -> Tensor:
@@ -314,23 +352,37 @@ def distill(
     steps: int,
     lr: float,
     optimizer: torch.optim.Optimizer | None = None,
+    bn: DistillBN = "update",
+    after_step: Callable[[int], None] | None = None,
 ) -> float:
     """``steps`` full-batch KD steps of ``model`` on (x, ℓ̄(x)): Adam, cosine over steps.
 
     Used by the server (E2 steps, lr_S) and by every client (E3 steps, lr_k). The
     official code recreates Adam every round; pass ``optimizer`` to keep (and
     checkpoint) it. x (N, *x), teacher (N, C). Returns the mean KD loss over the steps.
+
+    The model is in train mode, so BatchNorm normalises by the statistics of x (as
+    officially); ``bn = "update"`` also moves the running statistics towards x's
+    (official), ``"keep"`` leaves them as they were (a client keeps the statistics of
+    its real data for evaluation). ``after_step(i)`` runs after step i = 1..steps.
     """
-    model.train()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     x, teacher = x.detach(), teacher.detach()
     total = 0.0
-    for _ in range(steps):
+    for i in range(1, steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss = kd_loss(model(x), teacher, temperature)
+        if bn == "keep":
+            with batch_statistics(model):
+                loss = kd_loss(model(x), teacher, temperature)
+        else:
+            model.train()
+            loss = kd_loss(model(x), teacher, temperature)
         loss.backward()
         optimizer.step()
         schedule.step()
         total += float(loss.detach())
+        if after_step is not None:
+            after_step(i)
+    model.train()
     return total / max(steps, 1)

@@ -27,6 +27,7 @@ and number of classes through :class:`ImageSpec`, and exposes ``latent_dim``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -325,6 +326,33 @@ MODELS: dict[str, ModelFactory] = {
     "vtc-cnn-1.5": lambda spec: VTCCNN(spec, 1.5),
     "vtc-cnn-2": lambda spec: VTCCNN(spec, 2.0),
 }
+
+
+def group_norm_variant(factory: ModelFactory) -> ModelFactory:
+    """``factory`` with every BatchNorm2d(c) replaced by GroupNorm(gcd(c, 8), c).
+
+    A BN-free global model for FedZGE (docs/strategies/fedzge.md (Generator loss and ZO estimator)): a model trained only on synthetic
+    images carries no BatchNorm statistics that fit real test data, while GroupNorm
+    normalises every image by itself, identically in training and evaluation. The
+    other weights are initialised exactly as the BatchNorm model's (GroupNorm, like
+    BatchNorm, starts at weight 1 and bias 0). fedgen-cnn: 6 channels -> 2 groups,
+    16 -> 8; ResNet widths -> 8 groups.
+    """
+
+    def build(spec: ImageSpec) -> SplitModel:
+        model = factory(spec)
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    c = child.num_features
+                    setattr(parent, name, nn.GroupNorm(math.gcd(c, 8), c))
+        return model
+
+    return build
+
+
+#: GroupNorm variants (``<name>-gn``) of the zoo's BatchNorm models, for BN-free global models.
+MODELS |= {f"{name}-gn": group_norm_variant(MODELS[name]) for name in ("fedgen-cnn", "resnet18")}
 
 
 def build_model(name: str, spec: ImageSpec, seed: int | None = None) -> SplitModel:

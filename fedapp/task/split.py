@@ -45,6 +45,7 @@ DEFAULT_CUTS: dict[str, int] = {
     "resnet18-imagenet": 7,  # conv7x7, BN, ReLU, max-pool, conv3x3, BN, ReLU
     "resnet18-cifar-cut": 5,  # conv3x3, BN, ReLU, layer1[0].conv1, layer1[0].bn1
     "fedgen-cnn": 6,  # conv, BN, ReLU, conv, BN, ReLU: (16, H/4, W/4)
+    "fedgen-cnn-gn": 6,  # the same with GroupNorm
     "cnn": 6,  # conv, ReLU, pool, conv, ReLU, pool: (64, H/4, W/4)
     "mlp": 3,  # flatten, linear, ReLU
     "resnet18": 3,  # 3x3 stem: conv, BN, ReLU
