@@ -193,6 +193,18 @@ class ResNet(SplitModel):
         self.latent_dim = c_in
 
 
+def _finish_resnet18(model: SplitModel, front: list[nn.Module], spec: ImageSpec) -> None:
+    """Append ResNet-18's stages 2-4, pool and head to a 64-wide ``front`` (the split variants)."""
+    layers, c_in = list(front), 64
+    for width in (128, 256, 512):
+        layers += [BasicBlock(c_in, width, 2), BasicBlock(width, width, 1)]
+        c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512)
+    model.feature_net = nn.Sequential(*layers)
+    model.head = nn.Linear(c_in, spec.num_classes)
+    model.latent_dim = c_in
+
+
 class HalfBlock(nn.Module):
     """The rest of ResNet-18's first basic block once its first conv moved into the stem.
 
@@ -232,14 +244,7 @@ class ResNet18ImageNet(SplitModel):
             HalfBlock(64),
             BasicBlock(64, 64, 1),
         ]
-        c_in = 64
-        for width in (128, 256, 512):
-            layers += [BasicBlock(c_in, width, 2), BasicBlock(width, width, 1)]
-            c_in = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512)
-        self.feature_net = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, spec.num_classes)
-        self.latent_dim = c_in
+        _finish_resnet18(self, layers, spec)
 
 
 class ResNet18CifarCut(SplitModel):
@@ -268,14 +273,7 @@ class ResNet18CifarCut(SplitModel):
             HalfBlock(64),
             BasicBlock(64, 64, 1),
         ]
-        c_in = 64
-        for width in (128, 256, 512):
-            layers += [BasicBlock(c_in, width, 2), BasicBlock(width, width, 1)]
-            c_in = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, 512)
-        self.feature_net = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, spec.num_classes)
-        self.latent_dim = c_in
+        _finish_resnet18(self, layers, spec)
 
 
 class VTCCNN(SplitModel):
